@@ -1,0 +1,239 @@
+"""The `memdeploy` command line.
+
+Subcommands are built by small functions that tests call directly. A domain error
+becomes one line on stderr and exit status 1; `-vv` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from memdeploy.errors import MemdeployError
+
+logger = logging.getLogger("memdeploy")
+
+EXIT_ERROR = 1
+
+
+def _add_optimize(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "optimize",
+        help="run GA training against a crossbar backend",
+        description="Train the float model and the quantized baseline, then run the "
+        "genetic algorithm with the crossbar in the fitness loop. With no options it "
+        "runs the embedded default: an MLP on scikit-learn's 8x8 digits, Gaussian "
+        "backend, 2-bit weights with 5%% noise.",
+        argument_default=argparse.SUPPRESS,
+    )
+    add = parser.add_argument
+    add("--model", help="mlp, protonet, mobilenetv2, micronet, or package.module:factory")
+    add("--dataset", help="digits, mnist, fashion-mnist, cifar10 or cifar100")
+    add("--data-dir", dest="data_dir", help="folder holding the dataset's files")
+    add("--limit", type=int, help="cap on examples per split, for quick runs")
+    add("--backend", help="backend spec: gaussian, aihwkit, serial://PORT?options "
+        "(default: $MEMDEPLOY_BACKEND, else gaussian)")
+    add("--profile", help="device profile name (see `memdeploy profiles list`) or path")
+    add("--generations", type=int, help="GA generations (default 25)")
+    add("--population", type=int, help="GA population size (default 10)")
+    add("--crossover-probability", dest="crossover_probability", type=float,
+        help="two-point crossover probability (default 0.8)")
+    add("--mutation-probability", dest="mutation_probability", type=float,
+        help="per-gene mutation probability (default 0.01)")
+    add("--selection", choices=["roulette", "rank"],
+        help="roulette (sigmoid-scaled) or rank selection (default roulette)")
+    add("--sigmoid-steepness", dest="sigmoid_steepness", type=float,
+        help="steepness of the roulette's sigmoid scaling (default 50)")
+    add("--mutation", choices=["add-noise", "max-min"], help="mutation (default max-min)")
+    add("--mutation-noise", dest="mutation_noise", type=float,
+        help="add-noise mutation std as a fraction of the layer's max|w| (default 0.05)")
+    add("--init", choices=["origin", "large"], help="population init (default origin)")
+    add("--elitism", type=int, help="elites kept each generation (default 1)")
+    add("--finetune-steps", dest="finetune_steps", type=int,
+        help="noise-aware training steps inside each fitness evaluation (default 5)")
+    add("--finetune-lr", dest="finetune_lr", type=float, help="fine-tuning learning rate")
+    add("--no-write-back", dest="write_back", action="store_false",
+        help="score fine-tuned weights but keep the candidate's own genes")
+    add("--inference-times", dest="inference_times_s", type=float, nargs="+",
+        metavar="SECONDS", help="score each candidate at these times after programming")
+    add("--time-combine", dest="time_combine", choices=["mean", "min"],
+        help="combine scores at several inference times by mean or min")
+    add("--float-steps", dest="float_steps", type=int, help="float training steps")
+    add("--baseline-steps", dest="baseline_steps", type=int,
+        help="noise-aware training steps of the baseline")
+    add("--learning-rate", dest="learning_rate", type=float)
+    add("--checkpoint", help="float weights to start from instead of training")
+    add("--test-draws", dest="test_draws", type=int,
+        help="noise draws the test accuracy is averaged over (default 10)")
+    add("--selection-draws", dest="selection_draws", type=int,
+        help="validation draws used to choose the best finalist (default 5)")
+    add("--finalists", type=int, help="candidates re-scored at the end (default 5)")
+    add("--seed", type=int, help="seed of every random draw (default 0)")
+    add("--out", help="run folder to write (default runs/<time>-<model>-<dataset>-seed<N>)")
+    add("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    add("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_run_optimize)
+
+
+def _run_optimize(args) -> int:
+    from memdeploy.run import optimize
+
+    values = vars(args).copy()
+    for key in ("handler", "verbose", "command"):
+        values.pop(key, None)
+    out = values.pop("out", None)
+    resume = values.pop("resume", None)
+    quiet = values.pop("quiet", False)
+    if "inference_times_s" in values:
+        values["inference_times_s"] = tuple(values["inference_times_s"])
+    result = optimize(out=out, resume=resume, progress=not quiet, **values)
+    summary = result.summary
+    print(f"run folder: {result.run_dir}")
+    for name in ("float", "baseline", "best"):
+        entry = summary[name]
+        draws = entry.get("test_draws", 1)
+        spread = entry.get("test_accuracy_std")
+        shown = f" ± {spread:.4f}" if spread is not None else ""
+        print(f"{name:>8}: test accuracy {entry['test_accuracy']:.4f}{shown} "
+              f"({draws} noise draw(s), seed {summary['seed']})")
+    return 0
+
+
+def _add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="score a run's weights on a backend")
+    parser.add_argument("run_dir", help="run folder written by `memdeploy optimize`")
+    parser.add_argument("--backend", help="backend spec (default: the run's)")
+    parser.add_argument("--profile", help="profile name or path (default: the run's)")
+    parser.add_argument("--weights", default="best",
+                        help="best, baseline, or a weights file (default best)")
+    parser.add_argument("--split", default="test", choices=["test", "validation"])
+    parser.add_argument("--draws", type=int, default=10, help="noise draws (default 10)")
+    parser.add_argument("--seed", type=int, help="seed of the draws (default: the run's)")
+    parser.add_argument("--json", action="store_true", help="print a JSON object")
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from memdeploy.evaluate import evaluate_run
+
+    result = evaluate_run(
+        args.run_dir, backend=args.backend, profile=args.profile, weights=args.weights,
+        split=args.split, draws=args.draws, seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        key = f"{result['split']}_accuracy"
+        print(f"{result['split']} accuracy {result[key]:.4f} ± {result[key + '_std']:.4f} "
+              f"over {result['draws']} noise draws (seed {result['seed']}) on "
+              f"{result['backend']} with profile {result['profile']}")
+    return 0
+
+
+def _add_profiles(subparsers) -> None:
+    parser = subparsers.add_parser("profiles", help="list, show or validate device profiles")
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="list the shipped profiles")
+    show = actions.add_parser("show", help="print a profile with every default filled in")
+    show.add_argument("profile", help="profile name or path")
+    validate = actions.add_parser("validate", help="check profile files")
+    validate.add_argument("paths", nargs="+", help="profile files or names")
+    parser.set_defaults(handler=_run_profiles)
+
+
+def _run_profiles(args) -> int:
+    from memdeploy.profiles import list_profiles, load_profile
+
+    if args.action == "list":
+        for name in list_profiles():
+            profile = load_profile(name)
+            print(f"{name:28} {profile.description}")
+        return 0
+    if args.action == "show":
+        profile = load_profile(args.profile)
+        print(json.dumps(profile.model_dump(mode="json") | {"sha256": profile.content_hash()}, indent=2))
+        return 0
+    failures = 0
+    for path in args.paths:
+        try:
+            load_profile(path)
+            print(f"{path}: valid")
+        except MemdeployError as err:
+            failures += 1
+            print(str(err), file=sys.stderr)
+    return EXIT_ERROR if failures else 0
+
+
+def _add_backends(subparsers) -> None:
+    parser = subparsers.add_parser("backends", help="list backends and whether they run here")
+    parser.set_defaults(handler=_run_backends)
+
+
+def _run_backends(args) -> int:
+    from backends import list_backends
+
+    for info in list_backends():
+        state = "available" if info.available else f"unavailable: {info.reason}"
+        print(f"{info.name:10} {state}")
+    return 0
+
+
+def _add_emulate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "emulate", help="run an emulated crossbar array on a pseudo-terminal or socket",
+        add_help=False,
+    )
+    parser.set_defaults(handler=_run_emulate)
+
+
+def _run_emulate(args) -> int:
+    from backends.emulator import main as emulator_main
+
+    return emulator_main(args.extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the `memdeploy` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="memdeploy",
+        description="Deploy neural networks onto memristor crossbars with the "
+        "hardware in the loop.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v for progress messages, -vv for debug output and tracebacks")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_optimize, _add_evaluate, _add_profiles, _add_backends, _add_emulate):
+        add(subparsers)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "emulate":
+        args.extra = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _configure_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except MemdeployError as err:
+        if args.verbose >= 2:
+            logger.exception("failed")
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""A model whose crossbar layers run on a backend.
+
+`CrossbarModel` holds a copy of the model in which every `nn.Linear` and `nn.Conv2d`
+forwards its input to the backend's programmed layer and adds its bias digitally.
+Parameter names and order stay those of the original model, so a gene vector loads
+into the copy unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from backends import CrossbarBackend, ProgrammingStats
+from memdeploy.genome import Genome
+
+
+class _ProgrammedLayer(nn.Module):
+    """Stand-in for a Linear or Conv2d layer; its weight lives on the crossbar."""
+
+    def __init__(self, name: str, original: nn.Module, backend: CrossbarBackend):
+        super().__init__()
+        # Registered in the original order (weight, then bias) to keep gene layout.
+        self.weight = original.weight
+        self.bias = original.bias
+        self.layer_name = name
+        self.kind = "linear" if isinstance(original, nn.Linear) else "conv2d"
+        self.backend = backend
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        outputs = self.backend.forward(self.layer_name, inputs)
+        if self.bias is None:
+            return outputs
+        if self.kind == "conv2d":
+            return outputs + self.bias.view(1, -1, 1, 1)
+        return outputs + self.bias
+
+
+class CrossbarModel:
+    """Run a model with its crossbar layers on `backend`.
+
+    Args:
+        model: The model to deploy; it is copied, not changed.
+        backend: The backend; `setup` is called here with the model's crossbar layers.
+    """
+
+    def __init__(self, model: nn.Module, backend: CrossbarBackend) -> None:
+        self.genome = Genome(model)
+        self.backend = backend
+        self.module = copy.deepcopy(model).eval()
+        for layer in self.genome.crossbar_layers:
+            original = self.module.get_submodule(layer.name)
+            _replace_submodule(
+                self.module, layer.name, _ProgrammedLayer(layer.name, original, backend)
+            )
+        backend.setup(self.genome.crossbar_layers)
+
+    def program(self, genes: np.ndarray, *, noise_seed: int | None = None) -> ProgrammingStats:
+        """Load digital parameters from `genes` and program the crossbar weights."""
+        self.genome.load(self.module, genes)
+        return self.backend.program(self.genome.crossbar_weights(genes), noise_seed=noise_seed)
+
+    @torch.inference_mode()
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(inputs)
+
+
+def _replace_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)

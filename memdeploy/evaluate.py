@@ -1,0 +1,77 @@
+"""Score a finished run's weights on any backend and profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from backends import open_backend, resolve_spec
+from memdeploy.errors import RunFolderError
+from memdeploy.evaluation import LocalEvaluator
+from memdeploy.genome import Genome
+from memdeploy.profiles import load_profile
+from memdeploy.run import draw_seeds
+from memdeploy.runfolder import load_weights, read_json
+from memdeploy.settings import make_settings
+from memdeploy.workload import prepare_model_and_task
+
+WEIGHT_FILES = {"best": "best.safetensors", "baseline": "baseline.safetensors"}
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    backend: str | None = None,
+    profile: str | None = None,
+    weights: str = "best",
+    split: str = "test",
+    draws: int = 10,
+    seed: int | None = None,
+) -> dict:
+    """Program a run's weights and return their accuracy averaged over noise draws.
+
+    Args:
+        run_dir: A run folder written by `memdeploy optimize`.
+        backend: Backend spec; default: the run's own.
+        profile: Profile name or path; default: the run's own.
+        weights: "best", "baseline", or a path to a state dictionary file.
+        split: "test" or "validation".
+        draws: Noise draws (programmings) to average over.
+        seed: Seed of the draws; default: the run's seed. The data split always uses
+            the run's seed, so the test split is the run's test split.
+    """
+    run_dir = Path(run_dir)
+    manifest = read_json(run_dir / "manifest.json")
+    settings = make_settings(**manifest.get("settings", {}))
+    if split not in ("test", "validation"):
+        raise ValueError(f"split {split!r} is not test or validation")
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+
+    model, task, _ = prepare_model_and_task(settings)
+    path = run_dir / WEIGHT_FILES[weights] if weights in WEIGHT_FILES else Path(weights)
+    try:
+        model.load_state_dict(load_weights(path))
+    except RuntimeError as err:
+        raise RunFolderError(f"{path} does not fit model {settings.model!r}: {err}") from err
+    model.eval()
+
+    profile_model = load_profile(profile or settings.profile)
+    spec = backend or settings.backend
+    draw_seed = settings.seed if seed is None else seed
+    genes = Genome(model).vector(model)
+    with open_backend(spec, profile_model, seed=draw_seed) as opened:
+        evaluator = LocalEvaluator(model, task, opened, profile_model, seed=draw_seed)
+        accuracies = evaluator.accuracy(genes, split, draw_seeds(draw_seed, 2, draws))
+    return {
+        f"{split}_accuracy": float(np.mean(accuracies)),
+        f"{split}_accuracy_std": float(np.std(accuracies)),
+        "accuracies": [float(value) for value in accuracies],
+        "draws": draws,
+        "split": split,
+        "seed": draw_seed,
+        "backend": str(resolve_spec(spec)),
+        "profile": profile_model.name,
+        "weights": str(path),
+    }

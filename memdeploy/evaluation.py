@@ -1,0 +1,200 @@
+"""Candidate evaluation: the one seam between the GA and the crossbars.
+
+The GA hands an `EvaluationRequest` (a batch of gene vectors, the generation, and the
+noise seed every candidate of the generation shares) to a `CandidateEvaluator` and
+gets an `EvaluationResult` back. Both are plain data, so a pool of workers, each with
+its own backend and chip, can serve the same interface as `LocalEvaluator` does in
+process.
+
+A candidate's fitness: optional noise-aware fine-tuning on the training split (written
+back into the candidate when asked), then programming onto the backend and accuracy
+on the validation split. The test split is never touched here.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from backends import CrossbarBackend, ProgrammingStats
+from memdeploy.crossbar_model import CrossbarModel
+from memdeploy.profiles import DeviceProfile
+from memdeploy.training import train
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitnessSettings:
+    """How a candidate is scored."""
+
+    finetune_steps: int = 0
+    """Noise-aware training steps (minibatches or episodes) before scoring."""
+
+    finetune_lr: float = 1e-3
+    write_back: bool = True
+    """Whether the fine-tuned weights replace the candidate's genes (Lamarckian)."""
+
+    inference_times_s: tuple[float, ...] = ()
+    """Score at each of these times after programming (drifting backends); empty
+    scores at the profile's `t_inference_s` only."""
+
+    time_combine: Literal["mean", "min"] = "mean"
+    """How the scores at several inference times combine into one fitness."""
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """A batch of candidates to score under one shared noise draw."""
+
+    candidates: np.ndarray
+    """Gene vectors, shape (n, genes), float32."""
+
+    generation: int
+    noise_seed: int
+    candidate_ids: tuple[int, ...]
+    """Position of each candidate in the population; seeds its fine-tuning."""
+
+
+@dataclass
+class EvaluationResult:
+    """Fitness per candidate, and what producing it cost."""
+
+    fitness: np.ndarray
+    candidates: np.ndarray | None
+    """Fine-tuned gene vectors when write-back is on, else None."""
+
+    stats: list[ProgrammingStats]
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time by phase: finetune (forward and backward), program, inference."""
+
+
+class CandidateEvaluator(Protocol):
+    """Anything that scores candidates: in process, or a pool of workers."""
+
+    def evaluate(self, request: EvaluationRequest) -> EvaluationResult: ...
+
+    def close(self) -> None: ...
+
+
+class LocalEvaluator:
+    """Scores candidates in this process on one backend.
+
+    Args:
+        model: The model architecture; its weights are replaced by each candidate's.
+        task: The task that trains and scores the model.
+        backend: A backend opened for `profile`; the evaluator calls `setup` on it.
+        profile: The profile that noise-aware fine-tuning trains against.
+        settings: How candidates are scored.
+        seed: Run seed, from which fine-tuning draws are derived.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task,
+        backend: CrossbarBackend,
+        profile: DeviceProfile,
+        settings: FitnessSettings = FitnessSettings(),
+        seed: int = 0,
+    ) -> None:
+        self.task = task
+        self.profile = profile
+        self.settings = settings
+        self.seed = seed
+        self.crossbar = CrossbarModel(model, backend)
+        self.genome = self.crossbar.genome
+        self._trainee = copy.deepcopy(model)
+        times = settings.inference_times_s
+        if times and not backend.capabilities.drift:
+            logger.warning(
+                "the %s backend models no drift: inference times %s are ignored",
+                backend.name, times,
+            )
+            times = ()
+        self._times = times
+
+    @property
+    def backend(self) -> CrossbarBackend:
+        """The backend candidates are programmed onto."""
+        return self.crossbar.backend
+
+    def evaluate(self, request: EvaluationRequest) -> EvaluationResult:
+        """Score every candidate of the request under its shared noise seed."""
+        seconds = {"finetune": 0.0, "program": 0.0, "inference": 0.0}
+        fitness = np.empty(len(request.candidates), dtype=np.float64)
+        updated = [] if self._finetunes else None
+        stats = []
+        for row, genes in enumerate(request.candidates):
+            if self._finetunes:
+                started = time.perf_counter()
+                genes = self.finetune(genes, (request.generation, request.candidate_ids[row]))
+                seconds["finetune"] += time.perf_counter() - started
+                updated.append(genes)
+            score, programming, timing = self._score(genes, request.noise_seed)
+            fitness[row] = score
+            stats.append(programming)
+            seconds["program"] += timing[0]
+            seconds["inference"] += timing[1]
+        candidates = np.stack(updated) if updated is not None else None
+        return EvaluationResult(fitness, candidates, stats, seconds)
+
+    @property
+    def _finetunes(self) -> bool:
+        return self.settings.finetune_steps > 0
+
+    def finetune(self, genes: np.ndarray, key: tuple[int, int]) -> np.ndarray:
+        """Run noise-aware training steps from `genes` and return the new genes."""
+        self.genome.load(self._trainee, genes)
+        train(
+            self._trainee,
+            self.task,
+            steps=self.settings.finetune_steps,
+            lr=self.settings.finetune_lr,
+            seed=int(np.random.SeedSequence([self.seed, *key]).generate_state(1)[0]),
+            profile=self.profile,
+            batch_norm_updates=False,
+        )
+        tuned = self.genome.vector(self._trainee)
+        return tuned if self.settings.write_back else genes
+
+    def _score(self, genes: np.ndarray, noise_seed: int):
+        started = time.perf_counter()
+        stats = self.crossbar.program(genes, noise_seed=noise_seed)
+        programmed = time.perf_counter()
+        scores = []
+        for t_s in self._times or (None,):
+            if t_s is not None:
+                self.backend.set_inference_time(t_s)
+            scores.append(self.task.accuracy(self.crossbar, "validation"))
+        if self._times:
+            self.backend.set_inference_time(self.profile.drift.t_inference_s)
+        combine = min if self.settings.time_combine == "min" else np.mean
+        finished = time.perf_counter()
+        return float(combine(scores)), stats, (programmed - started, finished - programmed)
+
+    def accuracy(self, genes: np.ndarray, split: str, noise_seeds) -> list[float]:
+        """Accuracy of one gene vector on `split`, one value per noise seed."""
+        results = []
+        for noise_seed in noise_seeds:
+            self.crossbar.program(genes, noise_seed=int(noise_seed))
+            results.append(self.task.accuracy(self.crossbar, split))
+        return results
+
+    def close(self) -> None:
+        """Close the backend."""
+        self.backend.close()
+
+
+def float_accuracy(model: nn.Module, task, split: str) -> float:
+    """Accuracy of the float model, without any crossbar."""
+    model.eval()
+    with torch.inference_mode():
+        return task.accuracy(model, split)

@@ -1,0 +1,294 @@
+"""The optimize job: float model, quantized baseline, GA, final choice, run folder.
+
+Accuracy reporting is honest by construction: the GA and the choice of the best
+candidate see the validation split only; the test split is scored once at the end,
+for the float model, the baseline and the best candidate, on the same noise draws.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from backends import open_backend, resolve_spec
+from memdeploy.errors import RunFolderError
+from memdeploy.evaluation import LocalEvaluator, float_accuracy
+from memdeploy.ga import GAState, GeneticOptimizer, GenerationRecord, seed_everything
+from memdeploy.genome import Genome
+from memdeploy.manifest import build_manifest, check_resume_settings
+from memdeploy.profiles import load_profile
+from memdeploy.runfolder import (
+    CANDIDATE_FIELDS, HISTORY_FIELDS, load_checkpoint, load_weights, read_csv,
+    read_json, save_checkpoint, save_weights, write_csv, write_json,
+)
+from memdeploy.settings import DEFAULT_STEPS, OptimizeSettings, make_settings
+from memdeploy.workload import prepare_model_and_task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """Where a run wrote its files, and its summary."""
+
+    run_dir: Path
+    summary: dict
+
+
+def draw_seeds(seed: int, purpose: int, count: int) -> list[int]:
+    """Return `count` noise seeds for a purpose (1 validation choice, 2 test)."""
+    states = np.random.SeedSequence([seed, purpose, 0xD2A5]).generate_state(count)
+    return [int(value) for value in states]
+
+
+def default_run_dir(settings: OptimizeSettings) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = settings.model.replace(":", "-").replace(".", "-")
+    return Path("runs") / f"{stamp}-{name}-{settings.dataset}-seed{settings.seed}"
+
+
+def optimize(
+    settings: OptimizeSettings | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    **overrides,
+) -> RunResult:
+    """Run the GA training method end to end and write a run folder.
+
+    Args:
+        settings: All settings; keywords in `overrides` replace single ones.
+        out: Run folder to create (default: `runs/<time>-<model>-<dataset>-seed<N>`).
+        resume: A run folder to continue; settings given explicitly must match it.
+        progress: Show a progress bar.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        settings = check_resume_settings(run_dir, settings, overrides)
+    else:
+        base = settings.model_dump() if settings is not None else {}
+        settings = make_settings(**(base | overrides))
+        run_dir = Path(out) if out is not None else default_run_dir(settings)
+        _claim_run_dir(run_dir)
+
+    seed_everything(settings.seed)
+    profile = load_profile(settings.profile)
+    model, task, data = prepare_model_and_task(settings)
+    manifest = build_manifest(settings, profile, data, status="running")
+    if resume is not None:
+        _check_profile_unchanged(run_dir, manifest)
+    write_json(run_dir / "manifest.json", manifest)
+
+    float_model = _float_model(model, task, settings, run_dir)
+    baseline_model = _baseline_model(float_model, task, profile, settings, run_dir)
+    genome = Genome(baseline_model)
+    baseline = genome.vector(baseline_model)
+
+    backend = open_backend(settings.backend, profile, seed=settings.seed)
+    with backend:
+        evaluator = LocalEvaluator(
+            baseline_model, task, backend, profile, settings.fitness_settings(), settings.seed
+        )
+        history = _GenerationLog(run_dir, settings, progress, resume is not None)
+        optimizer = GeneticOptimizer(
+            evaluator, genome, baseline, settings.ga_settings(), settings.seed,
+            on_generation=history.record,
+        )
+        state = load_checkpoint(run_dir / "checkpoint.npz") if resume is not None else None
+        try:
+            ga = optimizer.run(resume=state)
+        finally:
+            history.close()
+        finalists = _finalists(optimizer, ga, settings.finalists)
+        summary = _choose_and_report(
+            evaluator, task, float_model, baseline, finalists, settings
+        )
+
+    genome.load(baseline_model, summary.pop("_best_genes"))
+    save_weights(run_dir / "best.safetensors", baseline_model.state_dict())
+    save_weights(run_dir / "best.pt", baseline_model.state_dict())
+    write_json(run_dir / "summary.json", summary)
+    _plot(run_dir)
+    write_json(run_dir / "manifest.json", manifest | {"status": "finished"})
+    logger.info("run finished: %s", run_dir)
+    return RunResult(run_dir, summary)
+
+
+def _claim_run_dir(run_dir: Path) -> None:
+    if (run_dir / "manifest.json").exists():
+        raise RunFolderError(
+            f"{run_dir} already holds a run: resume it with --resume {run_dir} or "
+            "choose another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_profile_unchanged(run_dir: Path, manifest: dict) -> None:
+    stored = read_json(run_dir / "manifest.json")
+    old = stored.get("profile", {}).get("sha256")
+    new = manifest["profile"]["sha256"]
+    if old != new:
+        raise RunFolderError(
+            f"cannot resume {run_dir}: profile {manifest['settings']['profile']!r} "
+            f"changed since the run started (hash {str(old)[:12]} then, {new[:12]} "
+            "now); restore the profile file or start a new run"
+        )
+
+
+def _float_model(model, task, settings: OptimizeSettings, run_dir: Path):
+    path = run_dir / "float.safetensors"
+    if path.exists():
+        model.load_state_dict(load_weights(path))
+        return model.eval()
+    if settings.checkpoint:
+        model.load_state_dict(load_weights(Path(settings.checkpoint)))
+    else:
+        steps = _steps(settings.float_steps, settings.model, 0)
+        from memdeploy.training import train
+
+        train(model, task, steps=steps, lr=settings.learning_rate, seed=settings.seed,
+              log_every=max(steps // 5, 1))
+    save_weights(path, model.state_dict())
+    return model.eval()
+
+
+def _baseline_model(float_model, task, profile, settings, run_dir: Path):
+    import copy
+
+    from memdeploy.training import train
+
+    baseline = copy.deepcopy(float_model)
+    path = run_dir / "baseline.safetensors"
+    if path.exists():
+        baseline.load_state_dict(load_weights(path))
+        return baseline.eval()
+    steps = _steps(settings.baseline_steps, settings.model, 1)
+    train(baseline, task, steps=steps, lr=settings.learning_rate, seed=settings.seed + 1,
+          profile=profile, log_every=max(steps // 5, 1))
+    save_weights(path, baseline.state_dict())
+    return baseline.eval()
+
+
+def _steps(configured: int | None, model: str, which: int) -> int:
+    if configured is not None:
+        return configured
+    return DEFAULT_STEPS.get(model, (1000, 500))[which]
+
+
+class _GenerationLog:
+    """Writes history, candidate rows and the checkpoint after every generation."""
+
+    def __init__(self, run_dir: Path, settings: OptimizeSettings, progress: bool, resuming: bool):
+        self.run_dir = run_dir
+        self.history = read_csv(run_dir / "history.csv") if resuming else []
+        self.candidates = read_csv(run_dir / "candidates.csv") if resuming else []
+        done = len(self.history)
+        self.bar = tqdm(
+            total=settings.generations + 1, initial=done, disable=not progress,
+            desc="generation", unit="gen",
+        )
+        self._offset = float(self.history[-1]["elapsed_s"]) if self.history else 0.0
+        self._started = time.perf_counter()
+
+    def record(self, record: GenerationRecord, state: GAState) -> None:
+        result = record.result
+        totals = sum(result.stats[1:], result.stats[0]) if result.stats else None
+        fitness = record.fitness
+        self.history.append({
+            "generation": record.generation,
+            "best_fitness": float(fitness.max()),
+            "mean_fitness": float(fitness.mean()),
+            "min_fitness": float(fitness.min()),
+            "elapsed_s": round(self._offset + time.perf_counter() - self._started, 3),
+            "cells_programmed": totals.cells_written if totals else 0,
+            "pulses": totals.pulses if totals else 0,
+            "bytes_on_link": (totals.bytes_sent + totals.bytes_received) if totals else 0,
+            "link_time_s": totals.link_time_s if totals else 0.0,
+            **{f"{phase}_s": round(value, 4) for phase, value in result.seconds.items()},
+        })
+        for index, (score, stats) in enumerate(zip(fitness, result.stats)):
+            self.candidates.append(
+                {"generation": record.generation, "candidate": index, "fitness": float(score)}
+                | stats.as_dict()
+            )
+        write_csv(self.run_dir / "history.csv", HISTORY_FIELDS, self.history)
+        write_csv(self.run_dir / "candidates.csv", CANDIDATE_FIELDS, self.candidates)
+        save_checkpoint(self.run_dir / "checkpoint.npz", state)
+        self.bar.set_postfix(best=f"{fitness.max():.4f}", mean=f"{fitness.mean():.4f}")
+        self.bar.update(1)
+        logger.info(
+            "generation %d: best %.4f, mean %.4f, min %.4f",
+            record.generation, fitness.max(), fitness.mean(), fitness.min(),
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _finalists(optimizer: GeneticOptimizer, ga, count: int) -> list[np.ndarray]:
+    """The best distinct candidates: generation bests and the final population."""
+    pool = list(zip(optimizer.hall_of_fame_fitness, optimizer.hall_of_fame))
+    pool += list(zip(ga.last_generation_fitness, np.asarray(ga.population, dtype=np.float32)))
+    pool.sort(key=lambda item: -float(item[0]))
+    chosen: list[np.ndarray] = []
+    for _, genes in pool:
+        if not any(np.array_equal(genes, other) for other in chosen):
+            chosen.append(np.array(genes, dtype=np.float32))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def _choose_and_report(evaluator, task, float_model, baseline, finalists, settings) -> dict:
+    """Pick the finalist with the best mean validation accuracy; score the test split."""
+    validation_seeds = draw_seeds(settings.seed, 1, settings.selection_draws)
+    test_seeds = draw_seeds(settings.seed, 2, settings.test_draws)
+    scores = [np.mean(evaluator.accuracy(g, "validation", validation_seeds)) for g in finalists]
+    best = finalists[int(np.argmax(scores))]
+
+    def entry(genes):
+        validation = evaluator.accuracy(genes, "validation", validation_seeds)
+        test = evaluator.accuracy(genes, "test", test_seeds)
+        return {
+            "validation_accuracy": float(np.mean(validation)),
+            "validation_accuracy_std": float(np.std(validation)),
+            "validation_draws": len(validation),
+            "test_accuracy": float(np.mean(test)),
+            "test_accuracy_std": float(np.std(test)),
+            "test_draws": len(test),
+            "test_accuracies": [float(v) for v in test],
+        }
+
+    float_entry = {
+        "validation_accuracy": float_accuracy(float_model, task, "validation"),
+        "test_accuracy": float_accuracy(float_model, task, "test"),
+        "test_draws": 1,
+        "note": "float weights on no crossbar: no noise to draw",
+    }
+    return {
+        "float": float_entry,
+        "baseline": entry(baseline),
+        "best": entry(best),
+        "seed": settings.seed,
+        "split_seed": settings.seed,
+        "backend": str(resolve_spec(settings.backend)),
+        "profile": settings.profile,
+        "validation_seeds": validation_seeds,
+        "test_seeds": test_seeds,
+        "finalists_validation_accuracy": [float(s) for s in scores],
+        "_best_genes": best,
+    }
+
+
+def _plot(run_dir: Path) -> None:
+    from memdeploy.plots import plot_fitness
+
+    plot_fitness(read_csv(run_dir / "history.csv"), run_dir / "fitness.png")
