@@ -60,6 +60,8 @@ def _add_optimize(subparsers) -> None:
         metavar="SECONDS", help="score each candidate at these times after programming")
     add("--time-combine", dest="time_combine", choices=["mean", "min"],
         help="combine scores at several inference times by mean or min")
+    add("--no-fault-aware", dest="fault_aware", action="store_false",
+        help="let the GA mutate genes on stuck cells freely")
     add("--float-steps", dest="float_steps", type=int, help="float training steps")
     add("--baseline-steps", dest="baseline_steps", type=int,
         help="noise-aware training steps of the baseline")

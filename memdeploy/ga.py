@@ -22,6 +22,7 @@ import numpy as np
 import pygad
 
 from memdeploy.evaluation import CandidateEvaluator, EvaluationRequest, EvaluationResult
+from memdeploy.faults import bounded
 from memdeploy.genome import Genome
 from memdeploy.operators import (
     initial_population,
@@ -116,6 +117,8 @@ class GeneticOptimizer:
         seed: Run seed; PyGAD's generators, the references and noise derive from it.
         on_generation: Called with a `GenerationRecord` and the `GAState` after every
             generation's evaluation, generation 0 (the initial population) included.
+        gene_bounds: Per-gene (low, high) limits that the initial population and
+            every mutation respect, such as those of a stuck-cell map.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class GeneticOptimizer:
         settings: GASettings,
         seed: int,
         on_generation: Callable[[GenerationRecord, GAState], None] | None = None,
+        gene_bounds: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.evaluator = evaluator
         self.genome = genome
@@ -133,12 +137,19 @@ class GeneticOptimizer:
         self.settings = settings
         self.seed = seed
         self.on_generation = on_generation
+        self.gene_bounds = gene_bounds
         self.references = reference_models(genome, self.baseline, seed)
         self.hall_of_fame: list[np.ndarray] = []
         self.hall_of_fame_fitness: list[float] = []
         self._started = time.perf_counter()
 
     def _mutation(self):
+        mutation = self._plain_mutation()
+        if self.gene_bounds is None:
+            return mutation
+        return bounded(mutation, *self.gene_bounds)
+
+    def _plain_mutation(self):
         settings = self.settings
         if settings.mutation == "add-noise":
             return make_add_noise_mutation(
@@ -165,6 +176,8 @@ class GeneticOptimizer:
             population = initial_population(
                 settings.init, self.baseline, self.references, settings.population, self.seed
             )
+            if self.gene_bounds is not None:
+                population = np.clip(population, *self.gene_bounds)
             generations = settings.generations
         else:
             population = resume.population.astype(np.float32)

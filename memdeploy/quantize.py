@@ -54,7 +54,9 @@ def quantize_levels(weight: torch.Tensor, spec: WeightSpec, scale=None) -> torch
 
 
 def quantize(weight: torch.Tensor, spec: WeightSpec) -> torch.Tensor:
-    """Return the quantized weight tensor (levels times scale)."""
+    """Return the quantized weight tensor (levels times scale); all zeros stay zero."""
+    if not bool(weight.detach().abs().max() > 0):
+        return torch.zeros_like(weight)
     scale = layer_scale(weight, spec)
     return quantize_levels(weight, spec, scale) * scale
 

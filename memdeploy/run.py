@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from backends import open_backend, resolve_spec
 from memdeploy.errors import RunFolderError
 from memdeploy.evaluation import LocalEvaluator, float_accuracy
+from memdeploy.faults import count_stuck, reachable_bounds
 from memdeploy.ga import GAState, GeneticOptimizer, GenerationRecord, seed_everything
 from memdeploy.genome import Genome
 from memdeploy.manifest import build_manifest, check_resume_settings
@@ -97,10 +98,16 @@ def optimize(
         evaluator = LocalEvaluator(
             baseline_model, task, backend, profile, settings.fitness_settings(), settings.seed
         )
+        stuck_maps = backend.stuck_cells()
+        stuck = count_stuck(stuck_maps)
+        bounds = None
+        if stuck and settings.fault_aware:
+            bounds = reachable_bounds(genome, stuck_maps, baseline)
+            logger.warning("%d stuck cells: genes on them are held to what they can hold", stuck)
         history = _GenerationLog(run_dir, settings, progress, resume is not None)
         optimizer = GeneticOptimizer(
             evaluator, genome, baseline, settings.ga_settings(), settings.seed,
-            on_generation=history.record,
+            on_generation=history.record, gene_bounds=bounds,
         )
         state = load_checkpoint(run_dir / "checkpoint.npz") if resume is not None else None
         try:
@@ -111,6 +118,8 @@ def optimize(
         summary = _choose_and_report(
             evaluator, task, float_model, baseline, finalists, settings
         )
+        summary["stuck_cells"] = stuck
+        summary["fault_aware"] = bounds is not None
 
     genome.load(baseline_model, summary.pop("_best_genes"))
     save_weights(run_dir / "best.safetensors", baseline_model.state_dict())

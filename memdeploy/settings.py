@@ -74,6 +74,9 @@ class OptimizeSettings(BaseModel):
     inference_times_s: tuple[float, ...] = ()
     time_combine: Literal["mean", "min"] = "mean"
 
+    fault_aware: bool = True
+    """Hold genes on stuck cells to the values their cell pairs can reach."""
+
     finalists: int = Field(default=5, ge=1)
     """Candidates re-scored at the end (best of recent generations and final population)."""
 
