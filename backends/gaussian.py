@@ -42,6 +42,7 @@ class GaussianNoiseBackend(CrossbarBackend):
         self._scales: dict[str, torch.Tensor] = {}
         self._stuck: dict[str, torch.Tensor] = {}
         self._programmed_cells: dict[str, torch.Tensor] = {}
+        self._drift_exponents: dict[str, torch.Tensor] = {}
         self._read_generator = torch.Generator().manual_seed(self.seed)
         self._programs = 0
 
@@ -73,10 +74,11 @@ class GaussianNoiseBackend(CrossbarBackend):
             weight = self._checked_weight(weights, name, layer.weight_shape)
             cells = self._program_cells(name, weight, generator)
             self._programmed_cells[name] = cells
+            self._drift_exponents[name] = self._draw_exponents(cells.shape, generator)
             stats.cells_written += layer.cells
             stats.stuck_cells += int((self._stuck[name] != STUCK_FREE).sum())
         self._read_generator.manual_seed(int(noise_seed) + 1)
-        self._apply_drift(generator)
+        self._apply_drift()
         self.total_stats = self.total_stats + stats
         return stats
 
@@ -111,11 +113,18 @@ class GaussianNoiseBackend(CrossbarBackend):
         self._scales[name] = scale
         return cells
 
-    def _apply_drift(self, generator: torch.Generator) -> None:
+    def _draw_exponents(self, shape, generator: torch.Generator) -> torch.Tensor:
+        """Draw each cell's drift exponent; it stays fixed until the next programming."""
+        drift = self.profile.drift
+        if drift.nu == 0:
+            return torch.zeros(shape)
+        return drift.nu + drift.nu_std * torch.randn(shape, generator=generator)
+
+    def _apply_drift(self) -> None:
         drift = self.profile.drift
         for name, cells in self._programmed_cells.items():
             if drift.nu > 0 and self.t_inference_s > drift.t0_s:
-                nu = drift.nu + drift.nu_std * torch.randn(cells.shape, generator=generator)
+                nu = self._drift_exponents[name]
                 drifted = cells * torch.pow(self.t_inference_s / drift.t0_s, -nu)
                 if drift.compensation:
                     # One output scale per layer, as a reference read of the drifted
@@ -130,8 +139,7 @@ class GaussianNoiseBackend(CrossbarBackend):
             raise ValueError(f"t_inference_s must be positive, got {t_inference_s}")
         self.t_inference_s = float(t_inference_s)
         if self._programmed_cells:
-            generator = torch.Generator().manual_seed(self.seed + 7)
-            self._apply_drift(generator)
+            self._apply_drift()
 
     def stuck_cells(self) -> dict[str, torch.Tensor]:
         return {name: state.clone() for name, state in self._stuck.items()}

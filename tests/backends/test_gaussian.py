@@ -91,3 +91,17 @@ def test_conv_forward_matches_unrolled_matrix_product():
     native = backend.forward("conv", inputs)
     unrolled = backend._conv_by_mvm(backend.layers["conv"], inputs)
     assert torch.allclose(native, unrolled, atol=1e-5)
+
+
+def test_drift_exponents_stay_fixed_across_inference_times():
+    profile = profile_from_dict({
+        "schema_version": 1, "name": "drifting", "weights": {"bits": 4},
+        "drift": {"nu": 0.06, "nu_std": 0.03, "t_inference_s": 3600.0,
+                  "compensation": False},
+    })
+    weight = torch.randn(40, 30)
+    backend = _programmed(profile, weight)
+    at_hour = backend.read_weights()["fc"]
+    backend.set_inference_time(86400.0)
+    backend.set_inference_time(3600.0)
+    assert torch.equal(backend.read_weights()["fc"], at_hour)
