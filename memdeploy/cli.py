@@ -105,11 +105,13 @@ def _run_optimize(args) -> int:
 
 def _add_evaluate(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="score a run's weights on a backend")
-    parser.add_argument("run_dir", help="run folder written by `memdeploy optimize`")
+    parser.add_argument("run_dir", help="run folder written by `memdeploy optimize`, or "
+                        "a weight map folder written by export or deploy")
     parser.add_argument("--backend", help="backend spec (default: the run's)")
     parser.add_argument("--profile", help="profile name or path (default: the run's)")
     parser.add_argument("--weights", default="best",
-                        help="best, baseline, or a weights file (default best)")
+                        help="best, baseline, a weights file, or a map folder such as "
+                        "MAP_DIR/readback (default best)")
     parser.add_argument("--split", default="test", choices=["test", "validation"])
     parser.add_argument("--draws", type=int, default=10, help="noise draws (default 10)")
     parser.add_argument("--seed", type=int, help="seed of the draws (default: the run's)")
@@ -183,17 +185,23 @@ def _run_backends(args) -> int:
 
 
 def _add_emulate(subparsers) -> None:
+    from backends.emulator import add_emulate_arguments
+
     parser = subparsers.add_parser(
-        "emulate", help="run an emulated crossbar array on a pseudo-terminal or socket",
-        add_help=False,
+        "emulate",
+        help="run an emulated crossbar array until stopped",
+        description="Serve an emulated array with a profile's physics on a "
+        "pseudo-terminal or loopback socket. The first line printed is `port: URL`, "
+        "the pyserial URL to give as --backend serial://URL.",
     )
+    add_emulate_arguments(parser)
     parser.set_defaults(handler=_run_emulate)
 
 
 def _run_emulate(args) -> int:
-    from backends.emulator import main as emulator_main
+    from backends.emulator import run_from_args
 
-    return emulator_main(args.extra)
+    return run_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="-v for progress messages, -vv for debug output and tracebacks")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_optimize, _add_evaluate, _add_profiles, _add_backends, _add_emulate):
+    from memdeploy.cli_deploy import _add_deploy, _add_export
+
+    builders = (
+        _add_optimize, _add_evaluate, _add_export, _add_deploy, _add_profiles,
+        _add_backends, _add_emulate,
+    )
+    for add in builders:
         add(subparsers)
     return parser
 
@@ -219,11 +233,7 @@ def _configure_logging(verbosity: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "emulate":
-        args.extra = extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:
         return args.handler(args)

@@ -41,7 +41,11 @@ def evaluate_run(
         seed: Seed of the draws; default: the run's seed. The data split always uses
             the run's seed, so the test split is the run's test split.
     """
+    from memdeploy.weightmap import is_map_dir
+
     run_dir = Path(run_dir)
+    if is_map_dir(run_dir) and weights == "best":
+        weights = str(run_dir)
     manifest = read_json(run_dir / "manifest.json")
     settings = make_settings(**manifest.get("settings", {}))
     if split not in ("test", "validation"):
@@ -50,6 +54,8 @@ def evaluate_run(
         raise ValueError(f"draws must be at least 1, got {draws}")
 
     model, task, _ = prepare_model_and_task(settings)
+    if weights not in WEIGHT_FILES and is_map_dir(weights):
+        return _evaluate_map(model, task, Path(weights), split, settings.seed)
     path = run_dir / WEIGHT_FILES[weights] if weights in WEIGHT_FILES else Path(weights)
     try:
         model.load_state_dict(load_weights(path))
@@ -74,4 +80,30 @@ def evaluate_run(
         "backend": str(resolve_spec(spec)),
         "profile": profile_model.name,
         "weights": str(path),
+    }
+
+
+def _evaluate_map(model, task, map_dir: Path, split: str, seed: int) -> dict:
+    """Accuracy of the weights a map holds, run digitally.
+
+    A read-back map already carries the array's errors; programming it onto a backend
+    would snap it back onto the levels and add noise a second time.
+    """
+    from memdeploy.evaluation import float_accuracy
+    from memdeploy.weightmap import weights_from_map
+
+    state, map_manifest = weights_from_map(map_dir, model=model)
+    model.load_state_dict(state)
+    accuracy = float_accuracy(model, task, split)
+    return {
+        f"{split}_accuracy": accuracy,
+        f"{split}_accuracy_std": 0.0,
+        "accuracies": [accuracy],
+        "draws": 1,
+        "split": split,
+        "seed": seed,
+        "backend": "none: the map's weights in the digital model",
+        "profile": map_manifest["profile"]["name"],
+        "weights": str(map_dir),
+        "map_kind": map_manifest["kind"],
     }

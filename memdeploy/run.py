@@ -27,7 +27,8 @@ from memdeploy.manifest import build_manifest, check_resume_settings
 from memdeploy.profiles import load_profile
 from memdeploy.runfolder import (
     CANDIDATE_FIELDS, HISTORY_FIELDS, load_checkpoint, load_weights, read_csv,
-    read_json, save_checkpoint, save_weights, write_csv, write_json,
+    read_json, remove_stale_temporaries, save_checkpoint, save_weights, write_csv,
+    write_json,
 )
 from memdeploy.settings import DEFAULT_STEPS, OptimizeSettings, make_settings
 from memdeploy.workload import prepare_model_and_task
@@ -74,6 +75,8 @@ def optimize(
     if resume is not None:
         run_dir = Path(resume)
         settings = check_resume_settings(run_dir, settings, overrides)
+        for stale in remove_stale_temporaries(run_dir):
+            logger.info("removed %s, left by the interrupted run", stale)
     else:
         base = settings.model_dump() if settings is not None else {}
         settings = make_settings(**(base | overrides))
@@ -104,12 +107,12 @@ def optimize(
         if stuck and settings.fault_aware:
             bounds = reachable_bounds(genome, stuck_maps, baseline)
             logger.warning("%d stuck cells: genes on them are held to what they can hold", stuck)
-        history = _GenerationLog(run_dir, settings, progress, resume is not None)
+        state = _resume_state(run_dir) if resume is not None else None
+        history = _GenerationLog(run_dir, settings, progress, state)
         optimizer = GeneticOptimizer(
             evaluator, genome, baseline, settings.ga_settings(), settings.seed,
             on_generation=history.record, gene_bounds=bounds,
         )
-        state = load_checkpoint(run_dir / "checkpoint.npz") if resume is not None else None
         try:
             ga = optimizer.run(resume=state)
         finally:
@@ -192,13 +195,33 @@ def _steps(configured: int | None, model: str, which: int) -> int:
     return DEFAULT_STEPS.get(model, (1000, 500))[which]
 
 
-class _GenerationLog:
-    """Writes history, candidate rows and the checkpoint after every generation."""
+def _resume_state(run_dir: Path) -> GAState | None:
+    """The checkpointed GA state, or None when no generation had finished."""
+    path = run_dir / "checkpoint.npz"
+    if not path.exists():
+        logger.info("%s has no checkpoint yet: the GA starts from generation 0", run_dir)
+        return None
+    return load_checkpoint(path)
 
-    def __init__(self, run_dir: Path, settings: OptimizeSettings, progress: bool, resuming: bool):
+
+class _GenerationLog:
+    """Writes history, candidate rows and the checkpoint after every generation.
+
+    On resume it keeps only the rows up to the checkpoint's generation: a run killed
+    between writing the history and the checkpoint redoes that generation.
+    """
+
+    def __init__(
+        self, run_dir: Path, settings: OptimizeSettings, progress: bool, state: GAState | None
+    ):
         self.run_dir = run_dir
-        self.history = read_csv(run_dir / "history.csv") if resuming else []
-        self.candidates = read_csv(run_dir / "candidates.csv") if resuming else []
+        self.history, self.candidates = [], []
+        if state is not None:
+            def kept(rows):
+                return [row for row in rows if int(row["generation"]) <= state.generation]
+
+            self.history = kept(read_csv(run_dir / "history.csv"))
+            self.candidates = kept(read_csv(run_dir / "candidates.csv"))
         done = len(self.history)
         self.bar = tqdm(
             total=settings.generations + 1, initial=done, disable=not progress,

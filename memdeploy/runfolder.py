@@ -50,6 +50,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files that a killed writer left behind; return their paths.
+
+    The file each belonged to is intact: the rename that replaces it never happened.
+    """
+    removed = []
+    for path in Path(folder).glob(".*.*"):
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write UTF-8 text atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -98,7 +111,9 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
         torch.save(tensors, buffer)
         atomic_write_bytes(path, buffer.getvalue())
         return
-    descriptor, temporary = tempfile.mkstemp(dir=Path(path).parent, suffix=".safetensors")
+    descriptor, temporary = tempfile.mkstemp(
+        dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp"
+    )
     os.close(descriptor)
     try:
         save_file(tensors, temporary)
