@@ -33,10 +33,14 @@ from backends.serial_mapping import (
 )
 from backends.serial_port import (
     bits_per_byte,
+    non_negative_int,
     open_port,
     parse_flag,
     parse_mode,
     parse_parity,
+    positive_float,
+    positive_int,
+    u16_count,
 )
 from backends.serial_transfers import REPLY_ALL_CELLS, REPLY_SUMMARY
 from memdeploy.errors import BackendError
@@ -76,17 +80,17 @@ class SerialArrayBackend(CrossbarBackend):
         self.target = self.options.get("target", "")
         if not self.target:
             raise BackendError("serial backend needs a port: use serial:///dev/ttyUSB0")
-        self.baudrate = self.option("baudrate", int, 921600)
+        self.baudrate = self.option("baudrate", positive_int, 921600)
         self.mode = self.option("mode", parse_mode, "onchip")
         self.delta = self.option("delta", parse_flag, True)
         self.fixed_scale = self.option("fixed_scale", parse_flag, False)
         write_verify = profile.write_verify
         self.tolerance_us = self.option(
-            "tolerance_us", float, write_verify.tolerance_us
+            "tolerance_us", positive_float, write_verify.tolerance_us
         )
-        self.max_pulses = self.option("max_pulses", int, write_verify.max_pulses)
+        self.max_pulses = self.option("max_pulses", u16_count, write_verify.max_pulses)
         self.t_inference_s = self.option(
-            "t_inference_s", float, profile.drift.t_inference_s
+            "t_inference_s", positive_float, profile.drift.t_inference_s
         )
         parity = self.option("parity", parse_parity, "N")
         self.bits_per_byte = bits_per_byte(parity)
@@ -94,14 +98,15 @@ class SerialArrayBackend(CrossbarBackend):
         self.sleep = time.sleep
         self._programmed_at: float | None = None
         self._image_stale = False
+        self._reopens_seen = 0
         self._generator = torch.Generator().manual_seed(self.seed)
+
+        timeout_s = self.option("timeout", positive_float, 1.0)
+        retries = self.option("retries", non_negative_int, 5)
 
         self._port = open_port(self._url(), self.baudrate, parity)
         link = SerialLink(
-            self._port,
-            timeout_s=self.option("timeout", float, 1.0),
-            retries=self.option("retries", int, 5),
-            name=self.target,
+            self._port, timeout_s=timeout_s, retries=retries, name=self.target
         )
         self.client = ArrayClient(link)
         try:
@@ -180,6 +185,8 @@ class SerialArrayBackend(CrossbarBackend):
             name: checked_weight(weights, layer) for name, layer in self.layers.items()
         }
         link = self.client.link
+        if link.reopens != self._reopens_seen:
+            self._forget_written_cells(link.reopens - self._reopens_seen)
         sent_before, received_before = link.bytes_sent, link.bytes_received
         started = time.monotonic()
         stats = ProgrammingStats()
@@ -225,6 +232,24 @@ class SerialArrayBackend(CrossbarBackend):
             write &= targets != sent
         for block in self.blocks[name]:
             self._program_block(name, block, targets, write, stats)
+
+    def _forget_written_cells(self, reopens: int) -> None:
+        """Write every cell next time, since the device may have restarted.
+
+        A physical array keeps its conductances through a restart, so the rewrite
+        costs only verify reads there. An emulator restarted in a new process does
+        not keep them.
+        NOTE: cells written before a reopen in the same program() call are not
+        written again until the next call.
+        """
+        logger.warning(
+            "port %s was opened again %d time(s): writing every cell again",
+            self.target, reopens,
+        )  # fmt: skip
+        self._reopens_seen = self.client.link.reopens
+        for sent in self._sent.values():
+            sent.fill(np.nan)
+        self._refresh_stuck_maps()
 
     def _program_block(self, name, block, targets, write, stats) -> None:
         region = (slice(None), block.outputs, block.inputs)

@@ -89,6 +89,7 @@ class ArrayClient:
             )
         self.link.check_status(Command.HELLO, reply)
         info = self._decode(DeviceInfo.decode, reply.payload, "HELLO")
+        _check_device_info(info, self.link.name)
         self.info = info
         self.link.budget.maximum = min(info.max_payload, MAX_PAYLOAD)
         self.link.budget.current = self.link.budget.maximum
@@ -204,9 +205,17 @@ class ArrayClient:
 
     def stuck_map(self, tile: int, rect: Rect) -> np.ndarray:
         """Read a rectangle's stuck codes (0 free, 1 at g_min, 2 at g_max)."""
-        return self._read_rect(
+        codes = self._read_rect(
             tile, rect, Command.STUCK_MAP, 1, decode_stuck_map, np.uint8
         )
+        if codes.size and codes.max() > STUCK_AT_G_MAX:
+            raise MalformedReplyError(
+                f"STUCK_MAP reply from {self.link.name} for tile {tile} contains code "
+                f"{codes.max()}, expected 0 (free), 1 (stuck at g_min) or 2 (stuck at "
+                "g_max): host and firmware disagree on the protocol",
+                command="STUCK_MAP",
+            )
+        return codes
 
     def _read_rect(self, tile, rect: Rect, command, cell_bytes, decode, dtype):
         values = np.empty((rect.rows, rect.cols), dtype=dtype)
@@ -244,6 +253,13 @@ class ArrayClient:
                     f"MVM reply has shape {block.shape}, expected {(stop - start, cols)}",
                     command="MVM",
                 )
+            if not np.isfinite(block).all():
+                raise MalformedReplyError(
+                    f"MVM reply from {self.link.name} for tile {tile} contains NaN or "
+                    "infinite currents, expected finite currents in µA: check the "
+                    "device's ADC and firmware",
+                    command="MVM",
+                )
             currents[start:stop] = block
 
         # NOTE: one vector is never split, so a tile with many rows needs a budget of
@@ -262,6 +278,45 @@ class ArrayClient:
                 "protocol",
                 command=command_name,
             ) from err
+
+
+STUCK_AT_G_MAX = 2
+"""Largest stuck-map code: 0 free, 1 stuck at g_min, 2 stuck at g_max."""
+
+MIN_DEVICE_PAYLOAD = 64
+"""Smallest max_payload a device may report, in bytes: a PROGRAM request for a few
+cells and every fixed-size reply fit in it."""
+
+
+def _check_device_info(info: DeviceInfo, port: str) -> None:
+    """Raise MalformedReplyError for a HELLO reply no array could send."""
+    problems = []
+    if not MIN_DEVICE_PAYLOAD <= info.max_payload <= MAX_PAYLOAD:
+        problems.append(
+            f"max_payload {info.max_payload}, expected {MIN_DEVICE_PAYLOAD} to "
+            f"{MAX_PAYLOAD} bytes"
+        )
+    if info.tiles < 1 or info.rows < 1 or info.cols < 2:
+        problems.append(
+            f"{info.tiles} tiles of {info.rows}x{info.cols} cells, expected at least "
+            "1 tile of 1 row and 2 columns (one differential pair)"
+        )
+    window = (info.g_min_us, info.g_max_us)
+    if not (np.isfinite(window).all() and 0 <= info.g_min_us < info.g_max_us):
+        problems.append(
+            f"conductance range {info.g_min_us} to {info.g_max_us} µS, expected finite "
+            "values with 0 <= g_min < g_max"
+        )
+    if not (np.isfinite(info.v_read_v) and info.v_read_v > 0):
+        problems.append(
+            f"read voltage {info.v_read_v} V, expected a finite value above 0"
+        )
+    if problems:
+        raise MalformedReplyError(
+            f"HELLO reply from {port} states " + "; ".join(problems) + ": the device "
+            "or its firmware is misconfigured",
+            command="HELLO",
+        )
 
 
 def compare_with_profile(info: DeviceInfo, profile, port: str) -> None:

@@ -28,6 +28,11 @@ class LinkTimeoutError(SerialLinkError, TimeoutError):
     """No valid reply arrived within the timeout, after every retry."""
 
 
+class PortFailedError(SerialLinkError):
+    """The port itself failed (device unplugged or powered off, socket closed) and
+    could not be opened again within the retries."""
+
+
 class MalformedReplyError(SerialLinkError):
     """A reply passed its CRC check but its payload does not fit its command."""
 

@@ -14,7 +14,11 @@ import os
 import time
 
 from backends.serial_commands import Command, Status
-from backends.serial_errors import DeviceStatusError, LinkTimeoutError
+from backends.serial_errors import (
+    DeviceStatusError,
+    LinkTimeoutError,
+    PortFailedError,
+)
 from backends.serial_port import POLL_S
 from backends.serial_protocol import (
     DELIMITER,
@@ -69,6 +73,11 @@ class SerialLink:
     the cable is gone, or after `NOISE_RESENDS_PER_RETRY x (retries + 1)` resends in
     all, since NAKs and corrupted replies show a live but noisy link.
 
+    When the port itself fails (a USB adapter unplugged, a socket closed by the
+    device), the link closes it, waits `timeout_s` and opens it again, up to `retries`
+    times for one request, then resends the request. `reopens` counts the successful
+    reopenings, so that the backend can tell that the device may have restarted.
+
     Args:
         port: An open pyserial port whose read timeout is short (POLL_S).
         timeout_s: Wait for a reply before resending, in s.
@@ -87,6 +96,7 @@ class SerialLink:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.resends = 0
+        self.reopens = 0
         self._decoder = FrameDecoder()
         self._seq = int.from_bytes(os.urandom(2), "little")
 
@@ -98,6 +108,7 @@ class SerialLink:
         Raises:
             DeviceStatusError: The reply's status is not OK (unless `check` is False).
             LinkTimeoutError: No valid reply arrived within the resend limits.
+            PortFailedError: The port failed and could not be opened again.
         """
         self._seq = (self._seq + 1) % 65536
         wire = encode_frame(Frame(int(command), 0, self._seq, payload))
@@ -105,14 +116,18 @@ class SerialLink:
         timeouts, attempts, problem = 0, 0, "no reply"
 
         while timeouts <= self.retries and attempts < max_attempts:
-            # The leading delimiter ends any partial frame the device still holds.
-            self._write(wire if attempts == 0 else DELIMITER + wire)
-            reply, problem = self._await_reply(command, self._seq)
+            try:
+                # The leading delimiter ends any partial frame the device still holds.
+                self._write(wire if attempts == 0 else DELIMITER + wire)
+                reply, problem = self._await_reply(command, self._seq)
+            except OSError as err:  # pyserial's SerialException is an OSError
+                self._reopen(command, err)
+                reply, problem = None, f"port failed ({err})"
             if reply is not None:
                 self._account(attempts)
                 return self.check_status(command, reply) if check else reply
             attempts += 1
-            timeouts += problem.startswith("timed out")
+            timeouts += problem.startswith(("timed out", "port failed"))
             self.budget.failed()
             self.resends += 1
             logger.debug("%s seq %d: %s, resending", command.name, self._seq, problem)
@@ -123,6 +138,36 @@ class SerialLink:
             f"s (last problem: {problem}); check the port, the baud rate and the "
             "device, or raise the timeout or retries options",
             status=Status.FRAME_ERROR if "NAK" in problem else None,
+            command=command.name,
+        )
+
+    def _reopen(self, command: Command, error: OSError) -> None:
+        """Close the failed port and open it again, or raise after `retries` tries."""
+        logger.warning(
+            "port %s failed during %s (%s); opening it again, %d tries %g s apart",
+            self.name, command.name, error, self.retries, self.timeout_s,
+        )  # fmt: skip
+        self._decoder.reset()
+        last = error
+        for _ in range(self.retries):
+            time.sleep(self.timeout_s)
+            try:
+                self.port.close()
+                self.port.open()
+            except OSError as err:
+                last = err
+                logger.warning("opening %s again failed: %s", self.name, err)
+                continue
+            self.reopens += 1
+            logger.warning(
+                "port %s is open again; resending %s", self.name, command.name
+            )
+            return
+        raise PortFailedError(
+            f"port {self.name} failed during {command.name} ({error}) and could not be "
+            f"opened again in {self.retries} tries {self.timeout_s} s apart (last "
+            f"error: {last}); check that the device is powered and connected, then "
+            "retry",
             command=command.name,
         )
 

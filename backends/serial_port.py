@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from backends.serial_errors import SerialLinkError
 from memdeploy.errors import BackendUnavailableError
 
@@ -31,6 +33,38 @@ def open_port(url: str, baudrate: int, parity: str):
             f"cannot open serial port {url!r}: {err}; check the path or URL, or start "
             "`memdeploy emulate` and use the port it prints"
         ) from err
+
+
+def positive_int(text: str) -> int:
+    """Parse an option that is an integer of 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected an integer of 1 or more, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """Parse an option that is an integer of 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected an integer of 0 or more, got {text!r}")
+    return value
+
+
+def u16_count(text: str) -> int:
+    """Parse an option sent as a u16 count of 1 or more (such as max_pulses)."""
+    value = positive_int(text)
+    if value > 0xFFFF:
+        raise ValueError(f"expected an integer from 1 to 65535, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Parse an option that is a finite number above 0."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"expected a finite number above 0, got {text!r}")
+    return value
 
 
 def bits_per_byte(parity: str) -> int:

@@ -10,12 +10,33 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from memdeploy.errors import MemdeployError
 
 logger = logging.getLogger("memdeploy")
 
 EXIT_ERROR = 1
+
+
+def positive_int(text: str) -> int:
+    """Parse a command-line integer of 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer of 1 or more, got {text}"
+        )
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """Parse a command-line integer of 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer of 0 or more, got {text}"
+        )
+    return value
 
 
 def _add_optimize(subparsers) -> None:
@@ -33,6 +54,8 @@ def _add_optimize(subparsers) -> None:
     add("--dataset", help="digits, mnist, fashion-mnist, cifar10 or cifar100")
     add("--data-dir", dest="data_dir", help="folder holding the dataset's files")
     add("--limit", type=int, help="cap on examples per split, for quick runs")
+    add("--validation-fraction", dest="validation_fraction", type=float,
+        help="share of the non-test examples held out for validation (default 0.15)")
     add("--backend", help="backend spec: gaussian, aihwkit, serial://PORT?options "
         "(default: $MEMDEPLOY_BACKEND, else gaussian)")
     add("--profile", help="device profile name (see `memdeploy profiles list`) or path")
@@ -80,6 +103,7 @@ def _add_optimize(subparsers) -> None:
 
 
 def _run_optimize(args) -> int:
+    from memdeploy.errors import BackendError
     from memdeploy.run import optimize
 
     values = vars(args).copy()
@@ -90,7 +114,19 @@ def _run_optimize(args) -> int:
     quiet = values.pop("quiet", False)
     if "inference_times_s" in values:
         values["inference_times_s"] = tuple(values["inference_times_s"])
-    result = optimize(out=out, resume=resume, progress=not quiet, **values)
+    if resume is None:
+        _check_before_training(values)
+    try:
+        result = optimize(out=out, resume=resume, progress=not quiet, **values)
+    except BackendError as err:
+        run_dir = resume or out
+        if run_dir and (Path(run_dir) / "manifest.json").is_file():
+            err.add_note(
+                f"{run_dir} keeps the finished generations: once the crossbar works "
+                f"again, continue with `memdeploy optimize --resume {run_dir}` (add "
+                "--backend with the same options if its port changed)"
+            )
+        raise
     summary = result.summary
     print(f"run folder: {result.run_dir}")
     for name in ("float", "baseline", "best"):
@@ -103,6 +139,25 @@ def _run_optimize(args) -> int:
     return 0
 
 
+def _check_before_training(values: dict) -> None:
+    """Fail fast on a profile or backend that would only fail after training.
+
+    The run trains the float model and the baseline before it opens the backend, so
+    an unknown backend name or a missing optional dependency is checked here first.
+    """
+    from backends.registry import backend_class, parse_backend_spec
+    from memdeploy.errors import BackendUnavailableError
+    from memdeploy.profiles import load_profile
+    from memdeploy.settings import make_settings
+
+    settings = make_settings(**values)
+    load_profile(settings.profile)
+    name = parse_backend_spec(settings.backend).name
+    reason = backend_class(name).unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {name!r} is unavailable: {reason}")
+
+
 def _add_evaluate(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="score a run's weights on a backend")
     parser.add_argument("run_dir", help="run folder written by `memdeploy optimize`, or "
@@ -113,8 +168,10 @@ def _add_evaluate(subparsers) -> None:
                         help="best, baseline, a weights file, or a map folder such as "
                         "MAP_DIR/readback (default best)")
     parser.add_argument("--split", default="test", choices=["test", "validation"])
-    parser.add_argument("--draws", type=int, default=10, help="noise draws (default 10)")
-    parser.add_argument("--seed", type=int, help="seed of the draws (default: the run's)")
+    parser.add_argument("--draws", type=positive_int, default=10,
+                        help="noise draws (default 10)")
+    parser.add_argument("--seed", type=non_negative_int,
+                        help="seed of the draws (default: the run's)")
     parser.add_argument("--json", action="store_true", help="print a JSON object")
     parser.set_defaults(handler=_run_evaluate)
 
@@ -238,13 +295,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except MemdeployError as err:
-        if args.verbose >= 2:
-            logger.exception("failed")
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        notes = "".join(f"\n{note}" for note in getattr(err, "__notes__", ()))
+        return _report(args, f"{err}{notes}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        # Disk full, permission denied, a file removed while the run used it.
+        return _report(args, f"{err}; check the path, its permissions and free space")
+    except Exception as err:
+        return _report(
+            args,
+            f"unexpected {type(err).__name__}: {err}; this is a bug in memdeploy: "
+            "rerun with -vv for the traceback and report it",
+        )
+
+
+def _report(args, message: str) -> int:
+    """Print one error line (a traceback too with -vv); return the exit status."""
+    if args.verbose >= 2:
+        logger.exception("failed")
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from memdeploy.cli import non_negative_int, positive_int
+
 
 def _add_export(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -69,21 +71,21 @@ def _add_deploy(subparsers) -> None:
     )
     parser.add_argument(
         "--reads",
-        type=int,
+        type=positive_int,
         default=4,
         help="reads averaged per cell for the read-back (default 4)",
     )
     parser.add_argument(
         "--repair-rounds",
-        type=int,
+        type=non_negative_int,
         default=3,
         help="times cells out of tolerance are programmed again (default 3)",
     )
     parser.add_argument(
         "--tile-pictures",
-        type=int,
+        type=non_negative_int,
         default=32,
-        help="tiles to draw heat maps of, the first ones (default 16)",
+        help="tiles to draw heat maps of, the first ones (default 32)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_run_deploy)

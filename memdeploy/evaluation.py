@@ -8,7 +8,9 @@ process.
 
 A candidate's fitness: optional noise-aware fine-tuning on the training split (written
 back into the candidate when asked), then programming onto the backend and accuracy
-on the validation split. The test split is never touched here.
+on the validation split. The test split is never touched here. A simulator that
+programs stacks of weight sets gets the whole request in one programming pass (see
+`memdeploy.batched`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from backends import CrossbarBackend, ProgrammingStats
+from memdeploy.batched import PopulationScorer, StackedProgramming, eval_batch_size
 from memdeploy.crossbar_model import CrossbarModel
 from memdeploy.profiles import DeviceProfile
 from memdeploy.training import train
@@ -40,7 +43,8 @@ class FitnessSettings:
 
     finetune_lr: float = 1e-3
     write_back: bool = True
-    """Whether the fine-tuned weights replace the candidate's genes (Lamarckian)."""
+    """Whether the fine-tuned weights replace the candidate's genes (Lamarckian).
+    Either way the fine-tuned weights are what gets programmed and scored."""
 
     inference_times_s: tuple[float, ...] = ()
     """Score at each of these times after programming (drifting backends); empty
@@ -109,9 +113,12 @@ class LocalEvaluator:
         self.profile = profile
         self.settings = settings
         self.seed = seed
-        self.crossbar = CrossbarModel(model, backend)
+        stacked = isinstance(backend, StackedProgramming)
+        self.crossbar = CrossbarModel(model, backend, channels_last=stacked)
         self.genome = self.crossbar.genome
-        self._trainee = copy.deepcopy(model)
+        self.scorer = PopulationScorer(self.crossbar, self._validation_score)
+        self._trainee = copy.deepcopy(model).eval()
+        self.eval_batch = eval_batch_size(self._trainee, task.data.image_shape)
         times = settings.inference_times_s
         if times and not backend.capabilities.drift:
             logger.warning(
@@ -129,30 +136,32 @@ class LocalEvaluator:
     def evaluate(self, request: EvaluationRequest) -> EvaluationResult:
         """Score every candidate of the request under its shared noise seed."""
         seconds = {"finetune": 0.0, "program": 0.0, "inference": 0.0}
-        fitness = np.empty(len(request.candidates), dtype=np.float64)
-        updated = [] if self._finetunes else None
-        stats = []
-        for row, genes in enumerate(request.candidates):
-            if self._finetunes:
-                started = time.perf_counter()
-                genes = self.finetune(genes, (request.generation, request.candidate_ids[row]))
-                seconds["finetune"] += time.perf_counter() - started
-                updated.append(genes)
-            score, programming, timing = self._score(genes, request.noise_seed)
-            fitness[row] = score
-            stats.append(programming)
-            seconds["program"] += timing[0]
-            seconds["inference"] += timing[1]
-        candidates = np.stack(updated) if updated is not None else None
-        return EvaluationResult(fitness, candidates, stats, seconds)
+        candidates = request.candidates
+        if self._finetunes:
+            started = time.perf_counter()
+            keys = [(request.generation, index) for index in request.candidate_ids]
+            candidates = np.stack(
+                [self.finetune(genes, key) for genes, key in zip(candidates, keys)]
+            )
+            seconds["finetune"] = time.perf_counter() - started
+
+        scores = self.scorer.score(candidates, request.noise_seed)
+        seconds["program"] = scores.program_s
+        seconds["inference"] = scores.inference_s
+        written_back = candidates if self._finetunes and self.settings.write_back else None
+        return EvaluationResult(scores.fitness, written_back, scores.stats, seconds)
 
     @property
     def _finetunes(self) -> bool:
         return self.settings.finetune_steps > 0
 
     def finetune(self, genes: np.ndarray, key: tuple[int, int]) -> np.ndarray:
-        """Run noise-aware training steps from `genes` and return the new genes."""
-        self.genome.load(self._trainee, genes)
+        """Run noise-aware training steps from `genes` and return the new genes.
+
+        `key` (generation, candidate index) seeds the training draws.
+        """
+        # A copy, because the loaded parameters share memory with the array.
+        self.genome.load(self._trainee, np.array(genes, dtype=np.float32))
         train(
             self._trainee,
             self.task,
@@ -162,30 +171,28 @@ class LocalEvaluator:
             profile=self.profile,
             batch_norm_updates=False,
         )
-        tuned = self.genome.vector(self._trainee)
-        return tuned if self.settings.write_back else genes
+        return self.genome.vector(self._trainee)
 
-    def _score(self, genes: np.ndarray, noise_seed: int):
-        started = time.perf_counter()
-        stats = self.crossbar.program(genes, noise_seed=noise_seed)
-        programmed = time.perf_counter()
+    def _validation_score(self) -> float:
+        """Validation accuracy of the programmed candidate, over the inference times."""
         scores = []
         for t_s in self._times or (None,):
             if t_s is not None:
                 self.backend.set_inference_time(t_s)
-            scores.append(self.task.accuracy(self.crossbar, "validation"))
+            scores.append(
+                self.task.accuracy(self.crossbar, "validation", self.eval_batch)
+            )
         if self._times:
             self.backend.set_inference_time(self.profile.drift.t_inference_s)
         combine = min if self.settings.time_combine == "min" else np.mean
-        finished = time.perf_counter()
-        return float(combine(scores)), stats, (programmed - started, finished - programmed)
+        return float(combine(scores))
 
     def accuracy(self, genes: np.ndarray, split: str, noise_seeds) -> list[float]:
         """Accuracy of one gene vector on `split`, one value per noise seed."""
         results = []
         for noise_seed in noise_seeds:
             self.crossbar.program(genes, noise_seed=int(noise_seed))
-            results.append(self.task.accuracy(self.crossbar, split))
+            results.append(self.task.accuracy(self.crossbar, split, self.eval_batch))
         return results
 
     def close(self) -> None:

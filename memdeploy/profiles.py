@@ -28,10 +28,26 @@ from memdeploy.errors import ProfileError
 
 SCHEMA_VERSION = 1
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
+MAX_PROFILE_BYTES = 1 << 20
+"""Largest profile file read, in bytes; shipped profiles are about 2 kB."""
+
+U16_MAX = 65535
+"""Largest tile size and pulse count: the serial protocol carries them as u16."""
+
+# TOML types are exact, so a profile is validated strictly: a string, a bool or a
+# float where an integer belongs is a mistake, not something to convert. NaN and
+# infinity are rejected in every float field.
+_MODEL_CONFIG = ConfigDict(
+    extra="forbid",
+    use_attribute_docstrings=True,
+    frozen=True,
+    strict=True,
+    allow_inf_nan=False,
+)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = _MODEL_CONFIG
 
 
 class WeightSpec(_Section):
@@ -109,10 +125,10 @@ class PeripherySpec(_Section):
 class TileSpec(_Section):
     """Geometry of one physical crossbar tile."""
 
-    rows: int = Field(default=512, ge=1)
+    rows: int = Field(default=512, ge=1, le=U16_MAX)
     """Word lines per tile: the inputs a tile takes."""
 
-    cols: int = Field(default=512, ge=1)
+    cols: int = Field(default=512, ge=1, le=U16_MAX)
     """Bit lines per tile: the outputs a tile gives. A differential pair uses two."""
 
 
@@ -122,7 +138,7 @@ class WriteVerifySpec(_Section):
     tolerance_us: float = Field(default=1.0, gt=0.0)
     """A cell is verified when its read conductance is within this many µS of target."""
 
-    max_pulses: int = Field(default=30, ge=1)
+    max_pulses: int = Field(default=30, ge=1, le=U16_MAX)
     """Pulses per cell before programming gives up on it."""
 
     pulse_noise_us: float = Field(default=0.5, ge=0.0)
@@ -139,7 +155,7 @@ class EnduranceSpec(_Section):
 class DeviceProfile(BaseModel):
     """A crossbar array as a backend sees it, loaded from a TOML profile file."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = _MODEL_CONFIG
 
     schema_version: int
     """Version of the profile format; this release reads version 1."""
@@ -218,13 +234,27 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     candidate = Path(text).expanduser()
     if text.endswith(".toml") or candidate.parent != Path("."):
+        if candidate.is_dir():
+            raise ProfileError(
+                f"profile path {candidate} is a folder, expected a .toml file: give "
+                "the path of the profile file inside it"
+            )
         if not candidate.is_file():
-            raise ProfileError(f"profile file {candidate} not found")
+            raise ProfileError(
+                f"profile file {candidate} not found: check the path, or give the name "
+                "of a shipped profile (`memdeploy profiles list`)"
+            )
         return candidate
     shipped = PROFILE_DIR / f"{text}.toml"
     if shipped.is_file():
         return shipped
     names = ", ".join(list_profiles())
+    if not names:
+        raise ProfileError(
+            f"profile {text!r} not found, and {PROFILE_DIR} contains no shipped profiles: "
+            "give a path to a .toml file, or install memdeploy from a checkout with "
+            "pip install -e . so that device_profiles/ is found"
+        )
     raise ProfileError(
         f"profile {text!r} not found: give a path to a .toml file or one of: {names}"
     )
@@ -235,17 +265,45 @@ def load_profile(name_or_path: str | Path | DeviceProfile) -> DeviceProfile:
     if isinstance(name_or_path, DeviceProfile):
         return name_or_path
     path = resolve_profile_path(name_or_path)
+    return profile_from_dict(_read_toml(path), source=str(path))
+
+
+def _read_toml(path: Path) -> dict:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_PROFILE_BYTES:
+            raise ProfileError(
+                f"{path} has {size} bytes, expected a TOML profile of at most "
+                f"{MAX_PROFILE_BYTES} bytes: check that this is the profile file"
+            )
+        # utf-8-sig also reads files that an editor saved with a byte order mark.
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ProfileError(f"{path}: not a UTF-8 text file ({err})") from err
+        raise ProfileError(
+            f"{path}: not a UTF-8 text file ({err}): a profile is a TOML text file"
+        ) from err
+    except OSError as err:
+        raise ProfileError(f"cannot read profile file {path}: {err}") from err
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ProfileError(f"{path}: invalid TOML: {err}") from err
-    return profile_from_dict(data, source=str(path))
+        raise ProfileError(
+            f"{path}: invalid TOML: {err}; fix the syntax at that position"
+        ) from err
+    except RecursionError as err:
+        raise ProfileError(
+            f"{path}: arrays or tables are nested too deeply to parse, expected the "
+            "flat tables of a device profile"
+        ) from err
 
 
 def profile_from_dict(data: dict, source: str = "<dict>") -> DeviceProfile:
     """Validate a profile given as a dictionary; errors name `source`."""
+    if not isinstance(data, dict):
+        raise ProfileError(
+            f"{source}: a device profile is a table of fields, found "
+            f"{type(data).__name__}"
+        )
     try:
         return DeviceProfile.model_validate(data)
     except ValidationError as err:
@@ -261,8 +319,22 @@ def _describe_validation_error(err: ValidationError, source: str) -> str:
             expected = "no such field: remove it or check its spelling"
         elif problem["type"] == "missing":
             expected = "this field is required"
+        elif problem["type"] == "value_error":
+            # Raised by a validator across fields: its message names the fields
+            # and values, so the whole input is not repeated.
+            lines.append(f"  {problem['msg'].removeprefix('Value error, ')}")
+            continue
         else:
             expected = problem["msg"]
-        shown = "" if problem["type"] == "missing" else f" found {found!r}:"
+        shown = "" if problem["type"] == "missing" else f" found {_shorten(found)}:"
         lines.append(f"  {path}:{shown} {expected}")
+    lines.append(
+        "  (`memdeploy profiles show rram-generic` prints a valid profile with every "
+        "field)"
+    )
     return "\n".join(lines)
+
+
+def _shorten(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

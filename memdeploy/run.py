@@ -1,7 +1,7 @@
 """The optimize job: float model, quantized baseline, GA, final choice, run folder.
 
-Accuracy reporting is honest by construction: the GA and the choice of the best
-candidate see the validation split only; the test split is scored once at the end,
+Accuracy reporting is honest by construction. The GA and the choice of the best
+candidate see the validation split only. The test split is scored once at the end,
 for the float model, the baseline and the best candidate, on the same noise draws.
 """
 
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RunResult:
-    """Where a run wrote its files, and its summary."""
+    """A finished run's folder and its summary."""
 
     run_dir: Path
     summary: dict
@@ -106,7 +106,7 @@ def optimize(
         bounds = None
         if stuck and settings.fault_aware:
             bounds = reachable_bounds(genome, stuck_maps, baseline)
-            logger.warning("%d stuck cells: genes on them are held to what they can hold", stuck)
+            logger.warning("%d stuck cells: their genes are limited to reachable values", stuck)
         state = _resume_state(run_dir) if resume is not None else None
         history = _GenerationLog(run_dir, settings, progress, state)
         optimizer = GeneticOptimizer(
@@ -196,7 +196,7 @@ def _steps(configured: int | None, model: str, which: int) -> int:
 
 
 def _resume_state(run_dir: Path) -> GAState | None:
-    """The checkpointed GA state, or None when no generation had finished."""
+    """Load the checkpointed GA state, or return None when no generation finished."""
     path = run_dir / "checkpoint.npz"
     if not path.exists():
         logger.info("%s has no checkpoint yet: the GA starts from generation 0", run_dir)
@@ -266,7 +266,7 @@ class _GenerationLog:
 
 
 def _finalists(optimizer: GeneticOptimizer, ga, count: int) -> list[np.ndarray]:
-    """The best distinct candidates: generation bests and the final population."""
+    """Return the best distinct candidates among generation bests and the last population."""
     pool = list(zip(optimizer.hall_of_fame_fitness, optimizer.hall_of_fame))
     pool += list(zip(ga.last_generation_fitness, np.asarray(ga.population, dtype=np.float32)))
     pool.sort(key=lambda item: -float(item[0]))

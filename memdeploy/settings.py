@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from memdeploy.errors import MemdeployError
+from memdeploy.errors import BackendSpecError, MemdeployError
 from memdeploy.evaluation import FitnessSettings
 from memdeploy.ga import GASettings
+
+BACKEND_ENV_VAR = "MEMDEPLOY_BACKEND"
+"""Environment variable with the backend spec used when none is given."""
 
 DEFAULT_PROFILE = "paper-protonet-mnist"
 """The embedded default's profile: 2-bit weights with 5% programming noise."""
@@ -18,10 +29,15 @@ class SettingsError(MemdeployError, ValueError):
     """A run setting is invalid."""
 
 
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
 class OptimizeSettings(BaseModel):
     """Every setting that decides an optimize run's result."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, frozen=True, allow_inf_nan=False
+    )
 
     model: str = "mlp"
     """Model name (mlp, protonet, mobilenetv2, micronet) or `package.module:factory`."""
@@ -32,11 +48,18 @@ class OptimizeSettings(BaseModel):
     data_dir: str | None = None
     """Folder with the dataset's files; None searches the default places."""
 
+    validation_fraction: float = Field(default=0.15, gt=0, lt=1)
+    """Share of the non-test examples held out for validation, which the fitness and
+    the choice of the best candidate see."""
+
     limit: int | None = Field(default=None, ge=1)
     """Cap on examples per split, for quick runs."""
 
-    backend: str = "gaussian"
-    """Backend spec string: gaussian, aihwkit, serial://PORT?options."""
+    backend: str = Field(
+        default_factory=lambda: os.environ.get(BACKEND_ENV_VAR) or "gaussian"
+    )
+    """Backend spec string: gaussian, aihwkit, serial://PORT?options. The default is
+    the environment variable MEMDEPLOY_BACKEND, else gaussian."""
 
     profile: str = DEFAULT_PROFILE
     """Device profile name or path."""
@@ -71,7 +94,9 @@ class OptimizeSettings(BaseModel):
 
     finetune_lr: float = Field(default=1e-3, gt=0)
     write_back: bool = True
-    inference_times_s: tuple[float, ...] = ()
+    inference_times_s: tuple[PositiveSeconds, ...] = ()
+    """Times after programming, in s, at which each candidate is scored."""
+
     time_combine: Literal["mean", "min"] = "mean"
 
     fault_aware: bool = True
@@ -86,13 +111,55 @@ class OptimizeSettings(BaseModel):
     test_draws: int = Field(default=10, ge=1)
     """Noise draws the reported test accuracy is averaged over."""
 
+    @field_validator("dataset")
+    @classmethod
+    def _check_dataset(cls, name: str) -> str:
+        from memdeploy.datasets import DATASET_NAMES
+
+        if name not in DATASET_NAMES:
+            raise ValueError(
+                f"unknown dataset {name!r}, expected one of {', '.join(DATASET_NAMES)}"
+            )
+        return name
+
+    @field_validator("model")
+    @classmethod
+    def _check_model_spec(cls, spec: str) -> str:
+        # A `module:factory` path is imported when the run builds the model.
+        from memdeploy.models import MODELS
+
+        module, _, factory = spec.partition(":")
+        if spec not in MODELS and not (module and factory):
+            raise ValueError(
+                f"model {spec!r} is neither a known model ({', '.join(MODELS)}) nor a "
+                "'package.module:factory' path"
+            )
+        return spec
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend_spec(cls, spec: str) -> str:
+        # Only the syntax is checked here: whether the backend is installed and
+        # takes the options is known when it is opened.
+        from backends.registry import parse_backend_spec
+
+        try:
+            parse_backend_spec(spec)
+        except BackendSpecError as err:
+            raise ValueError(str(err)) from err
+        return spec
+
+    @model_validator(mode="after")
+    def _check_elitism(self) -> OptimizeSettings:
+        if self.elitism >= self.population:
+            raise ValueError(
+                f"elitism {self.elitism} must be smaller than the population "
+                f"{self.population}: lower --elitism or raise --population"
+            )
+        return self
+
     def ga_settings(self) -> GASettings:
         """The GA part of these settings."""
-        if self.elitism >= self.population:
-            raise SettingsError(
-                f"elitism {self.elitism} must be smaller than the population "
-                f"{self.population}"
-            )
         return GASettings(
             population=self.population, generations=self.generations,
             selection=self.selection, sigmoid_steepness=self.sigmoid_steepness,
@@ -115,11 +182,32 @@ def make_settings(**values) -> OptimizeSettings:
     try:
         return OptimizeSettings(**values)
     except ValidationError as err:
-        problems = [
-            f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}"
-            for e in err.errors()
-        ]
+        problems = [_describe_problem(problem) for problem in err.errors()]
         raise SettingsError("invalid setting(s): " + "; ".join(problems)) from err
+
+
+def _describe_problem(problem) -> str:
+    """Describe one validation problem with the setting, its CLI option and value."""
+    message = problem["msg"].removeprefix("Value error, ")
+    if problem["type"] == "extra_forbidden":
+        message = "no such setting; `memdeploy optimize --help` lists them"
+    if not problem["loc"]:
+        return message
+    name = str(problem["loc"][0])
+    where = ".".join(map(str, problem["loc"]))
+    option = _CLI_OPTIONS.get(name)
+    shown = f" ({option})" if option else ""
+    return f"{where}={problem.get('input')!r}{shown}: {message}"
+
+
+_CLI_OPTIONS = {
+    name: f"--{name.replace('_', '-')}" for name in OptimizeSettings.model_fields
+} | {
+    "inference_times_s": "--inference-times",
+    "write_back": "--no-write-back",
+    "fault_aware": "--no-fault-aware",
+}
+"""The `memdeploy optimize` option that sets each setting."""
 
 
 DEFAULT_STEPS = {

@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from memdeploy.models.protonet import prototype_logits
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+
 EVAL_BATCH = 1024
+"""Default and maximum number of images per forward call when scoring a split.
+
+A backend that scales inputs or outputs over the batch's range (DAC and ADC of the
+periphery) sees batches of the size the caller chose.
+"""
 
 
 def _split(data, name: str):
@@ -36,6 +42,7 @@ class ClassificationTask:
     def __init__(self, data, batch_size: int = 64) -> None:
         self.data = data
         self.batch_size = batch_size
+        self._inputs: dict[tuple[str, int], list[torch.Tensor]] = {}
 
     def sample_batch(self, rng: np.random.Generator):
         """Draw a training minibatch."""
@@ -47,15 +54,26 @@ class ClassificationTask:
         images, labels = batch
         return F.cross_entropy(forward(images), labels)
 
-    def accuracy(self, forward: Forward, split_name: str) -> float:
+    def evaluation_inputs(
+        self, split_name: str, batch_size: int = EVAL_BATCH
+    ) -> list[torch.Tensor]:
+        """Return the split's images in batches, as scoring runs them."""
+        key = (split_name, batch_size)
+        if key not in self._inputs:
+            self._inputs[key] = list(_split(self.data, split_name).images.split(batch_size))
+        return self._inputs[key]
+
+    def score(self, outputs: torch.Tensor, split_name: str) -> float:
+        """Top-1 accuracy of logits for every image of `evaluation_inputs`."""
+        labels = _split(self.data, split_name).labels
+        return int((outputs.argmax(dim=1) == labels).sum()) / len(labels)
+
+    def accuracy(
+        self, forward: Forward, split_name: str, batch_size: int = EVAL_BATCH
+    ) -> float:
         """Top-1 accuracy of `forward` on a whole split."""
-        split = _split(self.data, split_name)
-        correct = 0
-        for start in range(0, len(split.labels), EVAL_BATCH):
-            images = split.images[start : start + EVAL_BATCH]
-            predicted = forward(images).argmax(dim=1)
-            correct += int((predicted == split.labels[start : start + EVAL_BATCH]).sum())
-        return correct / len(split.labels)
+        inputs = self.evaluation_inputs(split_name, batch_size)
+        return self.score(_run(forward, inputs), split_name)
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,8 @@ class EpisodicTask:
             ]
             for n, (name, count) in enumerate(counts.items())
         }
+        self._inputs: dict[tuple[str, int], list[torch.Tensor]] = {}
+        self._rows: dict[str, tuple[np.ndarray, list[tuple]]] = {}
 
     def _episode(self, split_name: str, ways: int, rng: np.random.Generator) -> Episode:
         by_class = self._by_class[split_name]
@@ -132,31 +152,59 @@ class EpisodicTask:
         )
         return F.cross_entropy(logits, torch.from_numpy(episode.query_labels))
 
-    def accuracy(self, forward: Forward, split_name: str) -> float:
-        """Mean query accuracy over the split's fixed evaluation episodes."""
-        split = _split(self.data, split_name)
-        episodes = self._eval_episodes[split_name]
-        # Embed every image the episodes use once, then score the episodes.
-        needed = np.unique(np.concatenate([np.r_[e.support, e.query] for e in episodes]))
-        chunks = [
-            forward(split.images[needed[start : start + EVAL_BATCH]])
-            for start in range(0, len(needed), EVAL_BATCH)
-        ]
-        embedded = torch.cat(chunks)
+    def evaluation_inputs(
+        self, split_name: str, batch_size: int = EVAL_BATCH
+    ) -> list[torch.Tensor]:
+        """Return every image the split's episodes use, once, in batches."""
+        key = (split_name, batch_size)
+        if key not in self._inputs:
+            images = _split(self.data, split_name).images
+            needed = torch.from_numpy(self._episode_rows(split_name)[0])
+            self._inputs[key] = list(images[needed].split(batch_size))
+        return self._inputs[key]
 
+    def score(self, embedded: torch.Tensor, split_name: str) -> float:
+        """Mean query accuracy over the split's episodes, from the embeddings of
+        `evaluation_inputs`."""
+        episodes = self._episode_rows(split_name)[1]
         correct = total = 0
-        for episode in episodes:
-            support_rows = torch.from_numpy(np.searchsorted(needed, episode.support))
-            query_rows = torch.from_numpy(np.searchsorted(needed, episode.query))
+        for support, support_labels, query, query_labels, ways in episodes:
             logits = prototype_logits(
-                embedded[support_rows],
-                torch.from_numpy(episode.support_labels),
-                embedded[query_rows],
-                episode.ways,
+                embedded[support], support_labels, embedded[query], ways
             )
-            correct += int((logits.argmax(1).numpy() == episode.query_labels).sum())
-            total += len(episode.query_labels)
+            correct += int((logits.argmax(1).numpy() == query_labels).sum())
+            total += len(query_labels)
         return correct / total
+
+    def accuracy(
+        self, forward: Forward, split_name: str, batch_size: int = EVAL_BATCH
+    ) -> float:
+        """Mean query accuracy over the split's fixed evaluation episodes."""
+        inputs = self.evaluation_inputs(split_name, batch_size)
+        return self.score(_run(forward, inputs), split_name)
+
+    def _episode_rows(self, split_name: str):
+        """Return the sorted indices of the images the episodes use, and per episode
+        its support and query rows among them, labels and ways."""
+        if split_name not in self._rows:
+            episodes = self._eval_episodes[split_name]
+            needed = np.unique(np.concatenate([np.r_[e.support, e.query] for e in episodes]))
+            rows = [
+                (
+                    torch.from_numpy(np.searchsorted(needed, e.support)),
+                    torch.from_numpy(e.support_labels),
+                    torch.from_numpy(np.searchsorted(needed, e.query)),
+                    e.query_labels,
+                    e.ways,
+                )
+                for e in episodes
+            ]
+            self._rows[split_name] = (needed, rows)
+        return self._rows[split_name]
+
+
+def _run(forward: Forward, batches: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([forward(images) for images in batches])
 
 
 def _index_by_class(labels: torch.Tensor, num_classes: int) -> list[np.ndarray]:

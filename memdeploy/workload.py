@@ -12,7 +12,11 @@ def prepare_model_and_task(settings: OptimizeSettings):
     from memdeploy.datasets import load_dataset
 
     data = load_dataset(
-        settings.dataset, settings.data_dir, seed=settings.seed, limit=settings.limit
+        settings.dataset,
+        settings.data_dir,
+        seed=settings.seed,
+        validation_fraction=settings.validation_fraction,
+        limit=settings.limit,
     )
     model = build_model(settings.model, data.image_shape, data.num_classes, seed=settings.seed)
     task = make_task(task_kind(model), data, seed=settings.seed)

@@ -12,34 +12,86 @@ from backends.emulator.server import DEFAULT_TILES, build_server
 
 logger = logging.getLogger(__name__)
 
+MAX_TILES = 0xFFFF
+"""Most tiles an array can report: HELLO carries the count as a u16."""
+
+
+def _tile_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_TILES:
+        raise argparse.ArgumentTypeError(
+            f"expected a tile count from 1 to {MAX_TILES}, got {text}"
+        )
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also false for NaN
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text}")
+    return value
+
+
+def _tcp_port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError(
+            f"expected a TCP port from 0 to 65535, got {text}"
+        )
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number of seconds, 0 or more, got {text}"
+        )
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer of 0 or more, got {text}"
+        )
+    return value
+
 
 def add_emulate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of `memdeploy emulate` to a parser (or a subcommand's)."""
     parser.add_argument("--profile", required=True, help="device profile name or path")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of stuck map and noise"
+        "--seed", type=_non_negative_int, default=0, help="seed of stuck map and noise"
     )
     parser.add_argument(
-        "--tiles", type=int, default=DEFAULT_TILES, help="number of tiles of the array"
-    )
+        "--tiles", type=_tile_count, default=DEFAULT_TILES,
+        help="number of tiles of the array",
+    )  # fmt: skip
     parser.add_argument(
-        "--corrupt-rate", type=float, default=0.0,
+        "--corrupt-rate", type=_fraction, default=0.0,
         help="fraction of bytes altered in each direction (0 to 1)",
     )  # fmt: skip
     parser.add_argument(
-        "--drop-rate", type=float, default=0.0,
+        "--drop-rate", type=_fraction, default=0.0,
         help="fraction of frames lost in each direction (0 to 1)",
     )  # fmt: skip
     parser.add_argument(
-        "--delay-s", type=float, default=0.0, help="delay of every reply, in s"
+        "--delay-s", type=_seconds, default=0.0, help="delay of every reply, in s"
     )
     parser.add_argument(
-        "--reset-after-frames", type=int, default=None, metavar="N",
+        "--reset-after-frames", type=_non_negative_int, default=None, metavar="N",
         help="reset the device once, while it receives frame N + 1",
     )  # fmt: skip
     parser.add_argument(
         "--transport", choices=("pty", "socket"), default="pty",
         help="serve on a pseudo-terminal or on a loopback TCP socket",
+    )  # fmt: skip
+    parser.add_argument(
+        "--port", type=_tcp_port, default=0,
+        help="loopback TCP port of --transport socket (default 0: any free port), so "
+        "that a restarted emulator keeps its URL",
     )  # fmt: skip
     return parser
 
@@ -50,6 +102,7 @@ def run_emulator(
     seed: int = 0,
     tiles: int = DEFAULT_TILES,
     transport: str = "pty",
+    port: int = 0,
     faults: FaultSettings | None = None,
     stdout=None,
 ) -> int:
@@ -60,8 +113,9 @@ def run_emulator(
     """
     stdout = stdout or sys.stdout
     server = build_server(
-        profile_name, seed=seed, tiles=tiles, transport=transport, faults=faults
-    )
+        profile_name, seed=seed, tiles=tiles, transport=transport, port=port,
+        faults=faults,
+    )  # fmt: skip
 
     def request_stop(signum, _frame) -> None:
         logger.info("received signal %d, stopping the emulator", signum)
@@ -89,7 +143,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
     return run_emulator(
         args.profile, seed=args.seed, tiles=args.tiles, transport=args.transport,
-        faults=faults,
+        port=args.port, faults=faults,
     )  # fmt: skip
 
 

@@ -224,9 +224,12 @@ class EmulatedDevice:
         records["index"] = listed
         records["flags"] = flags[listed]
         records["achieved_us"] = outcome["achieved"][listed]
+        # The reply carries rounds as a u16 and pulses as a u32. max_pulses = 65535,
+        # or a cell listed several times, can exceed them, so both saturate.
         reply = ProgramReply(
-            len(cells), int(outcome["verified"].sum()), int(outcome["pulses"].sum()),
-            outcome["rounds"], records,
+            len(cells), int(outcome["verified"].sum()),
+            min(int(outcome["pulses"].sum()), 0xFFFFFFFF),
+            min(outcome["rounds"], 0xFFFF), records,
         )  # fmt: skip
         return self._fit(reply.encode())
 

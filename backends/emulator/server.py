@@ -16,6 +16,7 @@ from backends.emulator.device import EmulatedDevice
 from backends.emulator.faults import FaultInjector, FaultSettings
 from backends.emulator.physics import ArrayPhysics
 from backends.emulator.transport import open_transport
+from memdeploy.errors import BackendError
 from backends.serial_protocol import FRAME_GAP_S, FrameError
 from memdeploy.profiles import DeviceProfile, load_profile
 
@@ -134,17 +135,28 @@ def build_server(
     seed: int = 0,
     tiles: int = DEFAULT_TILES,
     transport: str = "pty",
+    port: int = 0,
     faults: FaultSettings | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> EmulatorServer:
-    """Create an emulated device for a profile, listening on a new transport."""
+    """Create an emulated device for a profile, listening on a new transport.
+
+    `port` is the loopback TCP port of the `socket` transport; 0 picks a free one.
+    """
     profile = load_profile(profile)
     if tiles < 1:
         raise ValueError(f"tiles must be at least 1, got {tiles}")
     physics = ArrayPhysics(profile, tiles=tiles, seed=seed, clock=clock)
     device = EmulatedDevice(physics, device_id=f"emulator:{profile.name}:seed{seed}")
     injector = FaultInjector(faults or FaultSettings(), seed=seed)
-    return EmulatorServer(device, open_transport(transport), injector)
+    try:
+        stream = open_transport(transport, port)
+    except OSError as err:
+        raise BackendError(
+            f"emulator cannot listen on {transport} port {port}: {err}; choose another "
+            "port, or 0 for a free one"
+        ) from err
+    return EmulatorServer(device, stream, injector)
 
 
 def start_emulator(profile: str | DeviceProfile, **options) -> EmulatorHandle:

@@ -125,10 +125,10 @@ class SocketTransport:
         self._listener.close()
 
 
-def open_transport(kind: str):
-    """Open the transport named `pty` or `socket`."""
+def open_transport(kind: str, port: int = 0):
+    """Open the transport named `pty` or `socket` (on `port`, 0 for any free one)."""
     if kind == "pty":
         return PtyTransport()
     if kind == "socket":
-        return SocketTransport()
+        return SocketTransport(port=port)
     raise ValueError(f"unknown transport {kind!r}: use pty or socket")

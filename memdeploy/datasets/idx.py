@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import zlib
 from pathlib import Path
 
@@ -32,14 +33,25 @@ IDX_TYPES: dict[int, np.dtype] = {
 """IDX type code to numpy dtype (big-endian where the width is over one byte)."""
 
 
+MAX_IDX_BYTES = 1 << 30
+"""Largest uncompressed IDX file read, in bytes. MNIST's largest file has 47 MB, so
+this only stops a damaged or hostile gzip stream from filling the memory."""
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         with path.open("rb") as handle:
-            content = handle.read()
-        if content.startswith(_GZIP_MAGIC):
-            content = gzip.decompress(content)
+            compressed = handle.read(2) == _GZIP_MAGIC
+            handle.seek(0)
+            stream = gzip.GzipFile(fileobj=handle) if compressed else handle
+            content = stream.read(MAX_IDX_BYTES + 1)
     except (OSError, EOFError, zlib.error) as err:
         raise DatasetError(f"cannot read IDX file {path}: {err}") from err
+    if len(content) > MAX_IDX_BYTES:
+        raise DatasetError(
+            f"{path} contains more than {MAX_IDX_BYTES} bytes uncompressed, expected an "
+            "IDX file of an MNIST-sized set: check that it is the right file"
+        )
     return content
 
 
@@ -78,10 +90,13 @@ def parse_idx(content: bytes, path: Path | str = "<bytes>") -> np.ndarray:
     shape = tuple(int(size) for size in np.frombuffer(content, ">u4", ndim, offset=4))
 
     dtype = IDX_TYPES[type_code]
-    expected = header_size + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers, because a forged header can overflow int64.
+    expected = header_size + math.prod(shape) * dtype.itemsize
     if len(content) != expected:
+        shown = shape if ndim <= 4 else f"of {ndim} dimensions"
+        size = expected if expected < 2**63 else "more than 2**63"
         raise DatasetError(
-            f"{path} has {len(content)} bytes, expected {expected} for shape {shape} "
+            f"{path} has {len(content)} bytes, expected {size} for shape {shown} "
             f"of {dtype.name}: the file is truncated or not the file its name says; "
             "download it again"
         )

@@ -46,6 +46,11 @@ def read_digit_file(path: Path) -> np.ndarray:
             document = json.load(handle)
     except (OSError, ValueError) as err:
         raise DatasetError(f"cannot read MNIST JSON file {path}: {err}") from err
+    except RecursionError as err:
+        raise DatasetError(
+            f"cannot read MNIST JSON file {path}: arrays are nested too deeply, "
+            "expected an object with one flat 'data' list"
+        ) from err
 
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         found = type(document).__name__
@@ -57,18 +62,31 @@ def read_digit_file(path: Path) -> np.ndarray:
         )
 
     try:
-        values = np.asarray(document["data"], dtype=np.float32)
-    except (TypeError, ValueError) as err:
+        values = np.asarray(document["data"])
+        numeric = values.dtype.kind in "iuf"
+        values = values.astype(np.float32)
+    except (TypeError, ValueError, OverflowError) as err:
         raise DatasetError(f"{path} has non-numeric values in 'data': {err}") from err
+    if not numeric:
+        raise DatasetError(
+            f"{path} has values of type {np.asarray(document['data']).dtype} in "
+            "'data', expected numbers: grey values in [0, 1]"
+        )
     if values.ndim != 1 or values.size == 0 or values.size % PIXELS_PER_IMAGE:
         raise DatasetError(
             f"{path} has {values.size} values in 'data', expected a non-empty flat "
             f"list whose length is a multiple of {PIXELS_PER_IMAGE} (28x28 per image)"
         )
+    missing = np.isnan(values)
+    if missing.any():
+        raise DatasetError(
+            f"{path} has {int(missing.sum())} NaN values in 'data', the first at index "
+            f"{int(np.argmax(missing))}: expected grey values in [0, 1]"
+        )
     if not np.all((values >= 0.0) & (values <= 1.0)):
         raise DatasetError(
-            f"{path} has values from {np.nanmin(values)} to {np.nanmax(values)}, "
-            "expected grey values in [0, 1]"
+            f"{path} has values from {values.min()} to {values.max()}, expected grey "
+            "values in [0, 1]"
         )
     return values.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
 

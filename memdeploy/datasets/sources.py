@@ -15,6 +15,7 @@ from memdeploy.datasets.idx import read_idx_pair
 from memdeploy.datasets.locations import candidate_folders, find_folder
 from memdeploy.datasets.mnist_json import has_mnist_json, read_mnist_json
 from memdeploy.datasets.splits import LabelledArrays, RawDataset
+from memdeploy.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,12 @@ def read_idx_dataset(folder: Path) -> RawDataset:
         *(idx_file(folder, stem) for stem in IDX_TRAIN), num_classes=10
     )
     test = read_idx_pair(*(idx_file(folder, stem) for stem in IDX_TEST), num_classes=10)
+    if train[0].shape[1:] != test[0].shape[1:] or 0 in train[0].shape[1:]:
+        raise DatasetError(
+            f"{folder}: the train images have shape {train[0].shape[2:]} and the t10k "
+            f"images {test[0].shape[2:]}, expected the same non-empty image shape "
+            "(28x28 for MNIST and Fashion-MNIST): the files come from different sets"
+        )
     return RawDataset(
         train=LabelledArrays(*train),
         test=LabelledArrays(*test),

@@ -8,6 +8,7 @@ output is an embedding for prototypical few-shot classification sets the attribu
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -56,12 +57,34 @@ def resolve_factory(spec: str) -> ModelBuilder:
             f"model {spec!r}: module {module_name!r} cannot be imported ({err}); check "
             "that it is on PYTHONPATH"
         ) from err
+    except Exception as err:
+        # Importing runs the module's code, which may fail in any way.
+        raise ModelSpecError(
+            f"model {spec!r}: importing module {module_name!r} failed with "
+            f"{type(err).__name__}: {err}"
+        ) from err
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ModelSpecError(
             f"model {spec!r}: {module_name} has no callable named {attribute!r}"
         )
+    _check_signature(spec, factory)
     return factory
+
+
+def _check_signature(spec: str, factory: Callable) -> None:
+    """Raise unless `factory` can be called as factory(image_shape, num_classes)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return  # some builtins have no signature; the call itself will tell
+    try:
+        signature.bind((1, 1, 1), 1)
+    except TypeError as err:
+        raise ModelSpecError(
+            f"model {spec!r}: the factory must accept (image_shape, num_classes), "
+            f"but its signature is {signature} ({err})"
+        ) from err
 
 
 def build_model(
@@ -72,13 +95,21 @@ def build_model(
     torch.manual_seed(seed)
     try:
         model = builder(tuple(image_shape), num_classes)
-    except TypeError as err:
+    except ModelSpecError:
+        raise
+    except Exception as err:
         raise ModelSpecError(
-            f"model {spec!r}: the factory must accept (image_shape, num_classes): {err}"
+            f"model {spec!r}: building it for images of shape {tuple(image_shape)} "
+            f"and {num_classes} classes failed with {type(err).__name__}: {err}"
         ) from err
     if not isinstance(model, nn.Module):
         raise ModelSpecError(
             f"model {spec!r}: the factory returned {type(model).__name__}, expected a "
             "torch.nn.Module"
+        )
+    if not any(True for _ in model.parameters()):
+        raise ModelSpecError(
+            f"model {spec!r}: the factory returned a {type(model).__name__} without "
+            "parameters, so there are no weights to deploy"
         )
     return model

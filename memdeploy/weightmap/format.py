@@ -24,6 +24,7 @@ import csv
 import datetime
 import io
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from memdeploy.errors import MemdeployError
 from memdeploy.runfolder import atomic_write_text, read_json, write_json
 from memdeploy.weightmap.hashing import file_sha256
+from memdeploy.weightmap.schema import manifest_problems
 from memdeploy.weightmap.tiles import CELL_FIELDS
 
 logger = logging.getLogger(__name__)
@@ -196,25 +198,35 @@ def read_map(map_dir: Path) -> WeightMap:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise WeightMapError(
-            f"{path}: not a readable safetensors file ({err})"
+            f"{path}: not a readable safetensors file ({err}): export the map again"
         ) from err
 
-    cells = {
-        key.removeprefix("cells."): value.numpy()
-        for key, value in tensors.items()
-        if key.startswith("cells.")
-    }
+    try:
+        cells = {
+            key.removeprefix("cells."): value.numpy()
+            for key, value in tensors.items()
+            if key.startswith("cells.")
+        }
+    except TypeError as err:  # a dtype numpy lacks, such as bfloat16
+        raise WeightMapError(
+            f"{path}: a cell field has a type the cell table does not use ({err}): "
+            "export the map again"
+        ) from err
     digital = {
         key.removeprefix("digital."): value
         for key, value in tensors.items()
         if key.startswith("digital.")
     }
-    _check_cells(path, cells, len(manifest["layers"]))
+    _check_cells(path, cells, manifest)
     return WeightMap(manifest, cells, digital)
 
 
 def _read_manifest(map_dir: Path) -> dict:
     path = map_dir / MANIFEST_FILE
+    if path.is_dir():
+        raise WeightMapError(
+            f"{path} is a folder, expected the map's JSON manifest: export the map again"
+        )
     if not path.is_file():
         raise WeightMapError(
             f"{map_dir} has no {MANIFEST_FILE}: not a weight map folder (write one "
@@ -237,7 +249,17 @@ def _read_manifest(map_dir: Path) -> dict:
         )
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
-        raise WeightMapError(f"{path} lacks the key(s) {', '.join(missing)}")
+        raise WeightMapError(
+            f"{path} lacks the key(s) {', '.join(missing)}: the manifest is damaged; "
+            "export the map again"
+        )
+    problems = manifest_problems(manifest)
+    if problems:
+        raise WeightMapError(
+            f"{path}: invalid weight map manifest ({len(problems)} problem(s)): "
+            + "; ".join(problems[:8])
+            + ": the manifest was edited or damaged; export the map again"
+        )
     return manifest
 
 
@@ -261,7 +283,7 @@ def _check_file(path: Path, expected: dict | None, map_dir: Path) -> None:
         )
 
 
-def _check_cells(path: Path, cells: dict[str, np.ndarray], layer_count: int) -> None:
+def _check_cells(path: Path, cells: dict[str, np.ndarray], manifest: dict) -> None:
     for name, dtype in CELL_FIELDS.items():
         if name not in cells:
             raise WeightMapError(f"{path} lacks the cell field cells.{name}")
@@ -273,9 +295,39 @@ def _check_cells(path: Path, cells: dict[str, np.ndarray], layer_count: int) -> 
     lengths = {name: values.size for name, values in cells.items()}
     if len(set(lengths.values())) > 1:
         raise WeightMapError(f"{path}: cell fields differ in length: {lengths}")
-    layers = cells["layer"]
-    if layers.size and (layers.min() < 0 or layers.max() >= layer_count):
+
+    tile = manifest["tile"]
+    layer_count = len(manifest["layers"])
+    # Each field's valid range: [low, high] for integers; floats must be finite.
+    ranges = {
+        "layer": (0, layer_count - 1, "the manifest's layer table"),
+        "tile": (0, max(manifest["tiles_used"] - 1, 0), "the tiles the map uses"),
+        "row": (0, tile["rows"] - 1, "the tile's word lines"),
+        "col": (0, tile["cols"] - 2, "the tile's bit lines, G- on the next one"),
+        "weight_index": (0, np.iinfo(np.int64).max, "a flat weight index"),
+    }
+    for name, (low, high, meaning) in ranges.items():
+        values = cells[name]
+        if values.size and (values.min() < low or values.max() > high):
+            raise WeightMapError(
+                f"{path}: cells.{name} ranges {values.min()} to {values.max()}, "
+                f"expected {low} to {high} ({meaning}): export the map again"
+            )
+    sizes = np.array(
+        [math.prod(layer["weight_shape"]) for layer in manifest["layers"]] or [0],
+        dtype=np.int64,
+    )
+    beyond = cells["weight_index"] >= sizes[cells["layer"]]
+    if beyond.any():
+        first = int(np.argmax(beyond))
         raise WeightMapError(
-            f"{path}: cells.layer ranges {layers.min()} to {layers.max()}, expected 0 "
-            f"to {layer_count - 1} (the manifest's layer table)"
+            f"{path}: cells.weight_index {cells['weight_index'][first]} of layer "
+            f"{cells['layer'][first]} is beyond the layer's "
+            f"{sizes[cells['layer'][first]]} weights: export the map again"
         )
+    for name in ("level", "g_plus_us", "g_minus_us"):
+        if not np.isfinite(cells[name]).all():
+            raise WeightMapError(
+                f"{path}: cells.{name} contains NaN or infinite values, expected "
+                "finite numbers: export the map again"
+            )

@@ -8,6 +8,7 @@ map's conductances and its weights cannot disagree.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -15,11 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from memdeploy.errors import ProfileError
+from memdeploy.errors import MemdeployError, ProfileError
 from memdeploy.models import build_model
 from memdeploy.profiles import DeviceProfile, load_profile, profile_from_dict
 from memdeploy.weightmap.format import (
     ARRAY_FILE,
+    FORMAT_NAME,
     MANIFEST_FILE,
     WeightMap,
     WeightMapError,
@@ -87,10 +89,23 @@ def weights_from_map(
 
 
 def is_map_dir(path: str | Path) -> bool:
-    """Return whether `path` is a folder with a weight map manifest."""
-    return (Path(path) / MANIFEST_FILE).is_file() and (
-        Path(path) / ARRAY_FILE
-    ).is_file()
+    """Return whether `path` is a folder whose manifest names the weight map format.
+
+    A map folder that lacks its array file still counts, so that loading it reports
+    the missing file instead of treating the folder as a run folder.
+    """
+    manifest = Path(path) / MANIFEST_FILE
+    if not manifest.is_file():
+        return False
+    if (Path(path) / ARRAY_FILE).is_file():
+        return True
+    try:
+        return (
+            json.loads(manifest.read_text(encoding="utf-8")).get("format")
+            == FORMAT_NAME
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def build_map_model(manifest: dict) -> nn.Module:
@@ -107,9 +122,14 @@ def build_map_model(manifest: dict) -> nn.Module:
 def check_profile(map_dir: Path, manifest: dict, profile=None) -> DeviceProfile:
     """Return the map's profile after checking it is unchanged since export."""
     recorded = manifest["profile"]
-    embedded = profile_from_dict(
-        recorded["content"], source=f"{map_dir}/{MANIFEST_FILE}"
-    )
+    try:
+        embedded = profile_from_dict(
+            recorded["content"], source=f"{map_dir}/{MANIFEST_FILE} profile.content"
+        )
+    except ProfileError as err:
+        raise WeightMapError(
+            f"{err}\nThe map's embedded profile is invalid: export the map again"
+        ) from err
     if embedded.content_hash() != recorded["sha256"]:
         raise WeightMapError(
             f"{map_dir}/{MANIFEST_FILE}: the embedded profile hashes to "
@@ -183,7 +203,13 @@ def check_model(
 ) -> None:
     """Raise unless the map's state dictionary loads into `model` (default: rebuilt)."""
     if model is None:
-        model = build_map_model(manifest)
+        try:
+            model = build_map_model(manifest)
+        except (MemdeployError, AttributeError, KeyError, TypeError, ValueError) as err:
+            raise WeightMapError(
+                f"{map_dir / MANIFEST_FILE}: cannot build the model its settings name "
+                f"({err}): the manifest was edited or damaged; export the map again"
+            ) from err
     expected = architecture_sha256(model.state_dict())
     found = architecture_sha256(state)
     if found != expected:

@@ -1,0 +1,146 @@
+"""LocalEvaluator: stacked scoring against a plain per-candidate reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from backends import open_backend
+from memdeploy.crossbar_model import CrossbarModel
+from memdeploy.datasets import load_dataset
+from memdeploy.evaluation import EvaluationRequest, FitnessSettings, LocalEvaluator
+from memdeploy.models import build_model, task_kind
+from memdeploy.profiles import profile_from_dict
+from memdeploy.tasks import make_task
+
+PROFILE = profile_from_dict(
+    {"schema_version": 1, "name": "test", "weights": {"bits": 2, "programming_noise": 0.05}}
+)
+NOISE_SEED = 1234
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+def _workload(digits, model_name: str):
+    model = build_model(model_name, digits.image_shape, digits.num_classes, seed=0).eval()
+    kind = task_kind(model)
+    options = {"eval_episodes": {"validation": 3}} if kind == "episodic" else {}
+    return model, make_task(kind, digits, seed=0, **options)
+
+
+def _population(model, size: int = 3) -> np.ndarray:
+    genes = CrossbarModel(model, open_backend("gaussian", PROFILE)).genome.vector(model)
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.05, (size, genes.size)).astype(np.float32)
+    return genes + noise * np.abs(genes).max()
+
+
+def _evaluator(model, task, **settings) -> LocalEvaluator:
+    backend = open_backend("gaussian", PROFILE, seed=0)
+    return LocalEvaluator(model, task, backend, PROFILE, FitnessSettings(**settings))
+
+
+def _request(population: np.ndarray) -> EvaluationRequest:
+    ids = tuple(range(len(population)))
+    return EvaluationRequest(population, generation=2, noise_seed=NOISE_SEED, candidate_ids=ids)
+
+
+def _plain_fitness(model, task, population: np.ndarray) -> list[float]:
+    """Program and score candidate by candidate, default memory layout."""
+    crossbar = CrossbarModel(model, open_backend("gaussian", PROFILE, seed=0))
+    scores = []
+    for genes in population:
+        crossbar.program(genes, noise_seed=NOISE_SEED)
+        scores.append(task.accuracy(crossbar, "validation"))
+    return scores
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "protonet"])
+def test_stacked_fitness_equals_plain_per_candidate(digits, model_name):
+    model, task = _workload(digits, model_name)
+    population = _population(model)
+    result = _evaluator(model, task).evaluate(_request(population))
+    # Exact: channels-last convolutions differ from the default layout by float
+    # rounding only, which moves no prediction here.
+    assert result.fitness.tolist() == _plain_fitness(model, task, population)
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "protonet"])
+def test_stacked_fitness_equals_sequential_scorer(digits, model_name):
+    model, task = _workload(digits, model_name)
+    population = _population(model)
+    evaluator = _evaluator(model, task, finetune_steps=1)
+    stacked = evaluator.evaluate(_request(population))
+    evaluator.scorer.stacked = False
+    sequential = evaluator.evaluate(_request(population))
+    assert np.array_equal(stacked.fitness, sequential.fitness)
+    assert np.array_equal(stacked.candidates, sequential.candidates)
+
+
+def test_channels_last_embeddings_match_default_layout(digits):
+    model, _ = _workload(digits, "protonet")
+    genes = _population(model, 1)[0]
+    images = digits.validation.images[:32]
+    outputs = []
+    for channels_last in (False, True):
+        backend = open_backend("gaussian", PROFILE, seed=0)
+        crossbar = CrossbarModel(model, backend, channels_last=channels_last)
+        crossbar.program(genes, noise_seed=NOISE_SEED)
+        outputs.append(crossbar(images))
+    assert torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+
+
+def test_result_shapes_without_finetuning(digits):
+    model, task = _workload(digits, "mlp")
+    population = _population(model, 3)
+    result = _evaluator(model, task).evaluate(_request(population))
+    assert result.fitness.shape == (3,)
+    assert result.candidates is None
+    assert len(result.stats) == 3
+    assert set(result.seconds) == {"finetune", "program", "inference"}
+    assert result.seconds["finetune"] == 0.0
+
+
+def test_write_back_returns_finetuned_genes(digits):
+    model, task = _workload(digits, "mlp")
+    population = _population(model, 3)
+    original = population.copy()
+    evaluator = _evaluator(model, task, finetune_steps=2)
+    result = evaluator.evaluate(_request(population))
+    assert result.candidates.shape == population.shape
+    assert not np.array_equal(result.candidates, population)
+    assert np.array_equal(result.candidates[1], evaluator.finetune(population[1], (2, 1)))
+    assert np.array_equal(population, original)
+
+
+def test_without_write_back_finetuned_genes_are_scored(digits):
+    model, task = _workload(digits, "mlp")
+    population = _population(model, 3)
+    kept = _evaluator(model, task, finetune_steps=2, write_back=False)
+    written = _evaluator(model, task, finetune_steps=2, write_back=True)
+    kept_result = kept.evaluate(_request(population))
+    assert kept_result.candidates is None
+    assert np.array_equal(kept_result.fitness, written.evaluate(_request(population)).fitness)
+
+
+def test_stack_groups_give_the_same_fitness(digits):
+    model, task = _workload(digits, "mlp")
+    population = _population(model, 5)
+    whole = _evaluator(model, task).evaluate(_request(population))
+    grouped_evaluator = _evaluator(model, task)
+    grouped_evaluator.scorer.group_size = 2
+    grouped = grouped_evaluator.evaluate(_request(population))
+    assert np.array_equal(whole.fitness, grouped.fitness)
+    assert len(grouped.stats) == 5
+
+
+def test_empty_request_gives_empty_result(digits):
+    model, task = _workload(digits, "mlp")
+    empty = np.empty((0, _population(model, 1).shape[1]), dtype=np.float32)
+    result = _evaluator(model, task).evaluate(_request(empty))
+    assert result.fitness.shape == (0,)
+    assert result.stats == []
