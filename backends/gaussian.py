@@ -83,9 +83,7 @@ class GaussianNoiseBackend(CrossbarBackend):
             weight = self._checked_weight(weights, name, layer.weight_shape)
             cells = self._program_cells(name, weight, generator)
             self._programmed_cells[name] = cells
-            self._drift_exponents[name] = self._draw_exponents(
-                cells.shape, generator
-            )
+            self._drift_exponents[name] = self._draw_exponents(cells.shape, generator)
         self._read_generator.manual_seed(int(noise_seed) + 1)
         self._apply_drift()
         stats = self._programming_stats()

@@ -105,7 +105,8 @@ class PopulationScorer:
         self.group_size = max(1, STACK_BYTES // (4 * max(cells, 1)))
         logger.debug(
             "%s backend: %s programming, groups of up to %d candidates",
-            crossbar.backend.name, "stacked" if self.stacked else "sequential",
+            crossbar.backend.name,
+            "stacked" if self.stacked else "sequential",
             self.group_size,
         )
 

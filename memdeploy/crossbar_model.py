@@ -32,14 +32,23 @@ class _ProgrammedLayer(nn.Module):
         self.layer_name = name
         self.kind = "linear" if isinstance(original, nn.Linear) else "conv2d"
         self.backend = backend
+        self.channels_last = False
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         outputs = self.backend.forward(self.layer_name, inputs)
+        if self.kind == "linear":
+            return outputs if self.bias is None else outputs + self.bias
+        if self.channels_last and not outputs.is_contiguous(
+            memory_format=torch.channels_last
+        ):
+            # A one-channel input leaves the convolution in the default layout;
+            # the bias addition writes the channels-last copy the next layers need.
+            result = torch.empty_like(outputs, memory_format=torch.channels_last)
+            bias = 0.0 if self.bias is None else self.bias.view(1, -1, 1, 1)
+            return torch.add(outputs, bias, out=result)
         if self.bias is None:
             return outputs
-        if self.kind == "conv2d":
-            return outputs + self.bias.view(1, -1, 1, 1)
-        return outputs + self.bias
+        return outputs + self.bias.view(1, -1, 1, 1)
 
 
 class CrossbarModel:
@@ -58,14 +67,19 @@ class CrossbarModel:
     ) -> None:
         self.genome = Genome(model)
         self.backend = backend
-        self.channels_last = channels_last
         self.module = copy.deepcopy(model).eval()
         for layer in self.genome.crossbar_layers:
             original = self.module.get_submodule(layer.name)
-            _replace_submodule(
-                self.module, layer.name, _ProgrammedLayer(layer.name, original, backend)
-            )
+            programmed = _ProgrammedLayer(layer.name, original, backend)
+            _replace_submodule(self.module, layer.name, programmed)
+        self._set_channels_last(channels_last)
         backend.setup(self.genome.crossbar_layers)
+
+    def _set_channels_last(self, enabled: bool) -> None:
+        self.channels_last = enabled
+        for module in self.module.modules():
+            if isinstance(module, _ProgrammedLayer):
+                module.channels_last = enabled
 
     def program(self, genes: np.ndarray, *, noise_seed: int | None = None) -> ProgrammingStats:
         """Load digital parameters from `genes` and program the crossbar weights."""
@@ -112,7 +126,7 @@ class CrossbarModel:
                 if "Use .reshape" not in str(err):
                     raise
                 logger.warning("model needs the default memory layout: %s", err)
-                self.channels_last = False
+                self._set_channels_last(False)
         return self.module(inputs)
 
 

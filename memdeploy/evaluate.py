@@ -12,8 +12,8 @@ from memdeploy.evaluation import LocalEvaluator
 from memdeploy.genome import Genome
 from memdeploy.profiles import load_profile
 from memdeploy.run import draw_seeds
-from memdeploy.runfolder import load_weights, read_json
-from memdeploy.settings import make_settings
+from memdeploy.manifest import read_run_settings
+from memdeploy.runfolder import load_weights
 from memdeploy.workload import prepare_model_and_task
 
 WEIGHT_FILES = {"best": "best.safetensors", "baseline": "baseline.safetensors"}
@@ -46,8 +46,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if is_map_dir(run_dir) and weights == "best":
         weights = str(run_dir)
-    manifest = read_json(run_dir / "manifest.json")
-    settings = make_settings(**manifest.get("settings", {}))
+    settings = read_run_settings(run_dir)
     if split not in ("test", "validation"):
         raise ValueError(f"split {split!r} is not test or validation")
     if draws < 1:

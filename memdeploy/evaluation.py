@@ -148,7 +148,8 @@ class LocalEvaluator:
         scores = self.scorer.score(candidates, request.noise_seed)
         seconds["program"] = scores.program_s
         seconds["inference"] = scores.inference_s
-        written_back = candidates if self._finetunes and self.settings.write_back else None
+        write_back = self._finetunes and self.settings.write_back
+        written_back = candidates if write_back else None
         return EvaluationResult(scores.fitness, written_back, scores.stats, seconds)
 
     @property
@@ -182,8 +183,9 @@ class LocalEvaluator:
             scores.append(
                 self.task.accuracy(self.crossbar, "validation", self.eval_batch)
             )
-        if self._times:
-            self.backend.set_inference_time(self.profile.drift.t_inference_s)
+        if not self._times:
+            return scores[0]
+        self.backend.set_inference_time(self.profile.drift.t_inference_s)
         combine = min if self.settings.time_combine == "min" else np.mean
         return float(combine(scores))
 

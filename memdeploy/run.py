@@ -145,7 +145,8 @@ def _claim_run_dir(run_dir: Path) -> None:
 
 def _check_profile_unchanged(run_dir: Path, manifest: dict) -> None:
     stored = read_json(run_dir / "manifest.json")
-    old = stored.get("profile", {}).get("sha256")
+    entry = stored.get("profile")
+    old = entry.get("sha256") if isinstance(entry, dict) else None
     new = manifest["profile"]["sha256"]
     if old != new:
         raise RunFolderError(

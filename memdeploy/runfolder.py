@@ -46,8 +46,15 @@ RUN_FILES = (
 )  # fmt: skip
 """Every file a run folder holds."""
 
-CSV_KEY_FIELDS = {"history.csv": ("generation",), "candidates.csv": ("generation",)}
-"""Integer columns a run's CSV files must have, checked when they are read."""
+CSV_NUMBER_FIELDS = {
+    "history.csv": {
+        "generation": int, "best_fitness": float, "mean_fitness": float,
+        "min_fitness": float, "elapsed_s": float,
+    },
+    "candidates.csv": {"generation": int},
+}  # fmt: skip
+"""Numeric columns of a run's CSV files that a resume or the plot reads, checked
+when the file is read."""
 
 
 def _default_mode() -> int:
@@ -144,8 +151,8 @@ def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
 def read_csv(path: Path) -> list[dict]:
     """Read CSV rows as dictionaries of strings ([] when the file is absent).
 
-    For the run's own CSV files the integer columns of `CSV_KEY_FIELDS` are checked,
-    so that a damaged file is reported here rather than deep inside a resume.
+    For the run's own CSV files the columns of `CSV_NUMBER_FIELDS` are checked, so
+    that a damaged file is reported here rather than deep inside a resume.
     """
     path = Path(path)
     if not path.exists():
@@ -155,15 +162,18 @@ def read_csv(path: Path) -> list[dict]:
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise RunFolderError(f"cannot read {path}: {err}") from err
-    for field in CSV_KEY_FIELDS.get(path.name, ()):
+    for field, kind in CSV_NUMBER_FIELDS.get(path.name, {}).items():
         for number, row in enumerate(rows, start=2):
             value = row.get(field)
-            if value is None or not value.strip().isdigit():
+            try:
+                kind(value)
+            except (TypeError, ValueError):
+                expected = "a generation number" if kind is int else "a number"
                 raise RunFolderError(
-                    f"{path} line {number}: column {field!r} is {value!r}, expected a "
-                    "generation number: the file is damaged; restore it, or delete it "
-                    "to resume without the rows of earlier generations"
-                )
+                    f"{path} line {number}: column {field!r} is {value!r}, expected "
+                    f"{expected}: the file is damaged; restore it, or delete it to "
+                    "resume without the rows of earlier generations"
+                ) from None
     return rows
 
 

@@ -60,7 +60,8 @@ class ClassificationTask:
         """Return the split's images in batches, as scoring runs them."""
         key = (split_name, batch_size)
         if key not in self._inputs:
-            self._inputs[key] = list(_split(self.data, split_name).images.split(batch_size))
+            images = _split(self.data, split_name).images
+            self._inputs[key] = list(images.split(batch_size))
         return self._inputs[key]
 
     def score(self, outputs: torch.Tensor, split_name: str) -> float:
@@ -188,7 +189,8 @@ class EpisodicTask:
         its support and query rows among them, labels and ways."""
         if split_name not in self._rows:
             episodes = self._eval_episodes[split_name]
-            needed = np.unique(np.concatenate([np.r_[e.support, e.query] for e in episodes]))
+            used = [np.r_[e.support, e.query] for e in episodes]
+            needed = np.unique(np.concatenate(used))
             rows = [
                 (
                     torch.from_numpy(np.searchsorted(needed, e.support)),

@@ -28,10 +28,10 @@ import torch
 from safetensors.torch import save_file
 
 from backends import CrossbarLayer, open_backend
+from backends.serial_client import ArrayClient
 from backends.serial_commands import Command, DeviceInfo, Status
 from backends.serial_errors import MalformedReplyError, SerialLinkError
 from backends.serial_link import SerialLink
-from backends.serial_client import ArrayClient
 from backends.serial_protocol import Frame, encode_frame
 from backends.serial_transfers import ProgramReply
 from memdeploy.cli import main
@@ -533,12 +533,21 @@ def test_resume_with_truncated_checkpoint_fails_cleanly(run_copy, capsys):
     assert "checkpoint.npz: not a readable checkpoint" in err
 
 
-def test_damaged_history_is_named(run_copy):
-    (run_copy / "history.csv").write_text("foo,bar\n1,2\n")
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("foo,bar\n1,2\n", r"history\.csv line 2: column 'generation' is None"),
+        (
+            "generation,best_fitness,mean_fitness,min_fitness,elapsed_s\n0,1,1,1,abc\n",
+            r"history\.csv line 2: column 'elapsed_s' is 'abc', expected a number",
+        ),
+    ],
+    ids=["no generation column", "text in a number column"],
+)
+def test_damaged_history_is_named(run_copy, text, message):
+    (run_copy / "history.csv").write_text(text)
 
-    with pytest.raises(
-        RunFolderError, match=r"history\.csv line 2: column 'generation'"
-    ):
+    with pytest.raises(RunFolderError, match=message):
         read_csv(run_copy / "history.csv")
 
 
@@ -950,9 +959,7 @@ def rehash_array(map_dir: Path) -> None:
         ("layer", 7, "cells.layer ranges .* expected 0 to 1"),
     ],
 )
-def test_cell_table_out_of_range_is_rejected(
-    map_copy, field, value, message
-):
+def test_cell_table_out_of_range_is_rejected(map_copy, field, value, message):
     from safetensors.torch import load_file
 
     tensors = load_file(str(map_copy / "map.safetensors"))
@@ -1043,3 +1050,18 @@ def test_program_of_65535_pulses_saturates_rounds(device):
 
     assert reply.status == Status.OK
     assert ProgramReply.decode(reply.payload).rounds == 0xFFFF
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{junk", "[]", '{"journal_version": 1, "identity": [], "blocks": {}}',
+     '{"journal_version": 1, "identity": {}, "blocks": {"b": {"tile": "0"}}}'],
+    ids=["junk", "list", "identity list", "block without counts"],
+)  # fmt: skip
+def test_damaged_deploy_journal_asks_for_restart(tmp_path, content):
+    from memdeploy.weightmap.journal import JOURNAL_FILE, DeployJournal
+
+    (tmp_path / JOURNAL_FILE).write_text(content)
+
+    with pytest.raises(WeightMapError, match="rerun with --restart"):
+        DeployJournal.open(tmp_path, {"weights_sha256": "x"}, restart=False)

@@ -15,7 +15,11 @@ from memdeploy.profiles import profile_from_dict
 from memdeploy.tasks import make_task
 
 PROFILE = profile_from_dict(
-    {"schema_version": 1, "name": "test", "weights": {"bits": 2, "programming_noise": 0.05}}
+    {
+        "schema_version": 1,
+        "name": "test",
+        "weights": {"bits": 2, "programming_noise": 0.05},
+    }
 )
 NOISE_SEED = 1234
 
@@ -26,7 +30,9 @@ def digits():
 
 
 def _workload(digits, model_name: str):
-    model = build_model(model_name, digits.image_shape, digits.num_classes, seed=0).eval()
+    model = build_model(
+        model_name, digits.image_shape, digits.num_classes, seed=0
+    ).eval()
     kind = task_kind(model)
     options = {"eval_episodes": {"validation": 3}} if kind == "episodic" else {}
     return model, make_task(kind, digits, seed=0, **options)
@@ -46,7 +52,9 @@ def _evaluator(model, task, **settings) -> LocalEvaluator:
 
 def _request(population: np.ndarray) -> EvaluationRequest:
     ids = tuple(range(len(population)))
-    return EvaluationRequest(population, generation=2, noise_seed=NOISE_SEED, candidate_ids=ids)
+    return EvaluationRequest(
+        population, generation=2, noise_seed=NOISE_SEED, candidate_ids=ids
+    )
 
 
 def _plain_fitness(model, task, population: np.ndarray) -> list[float]:
@@ -113,7 +121,9 @@ def test_write_back_returns_finetuned_genes(digits):
     result = evaluator.evaluate(_request(population))
     assert result.candidates.shape == population.shape
     assert not np.array_equal(result.candidates, population)
-    assert np.array_equal(result.candidates[1], evaluator.finetune(population[1], (2, 1)))
+    assert np.array_equal(
+        result.candidates[1], evaluator.finetune(population[1], (2, 1))
+    )
     assert np.array_equal(population, original)
 
 
@@ -124,7 +134,9 @@ def test_without_write_back_finetuned_genes_are_scored(digits):
     written = _evaluator(model, task, finetune_steps=2, write_back=True)
     kept_result = kept.evaluate(_request(population))
     assert kept_result.candidates is None
-    assert np.array_equal(kept_result.fitness, written.evaluate(_request(population)).fitness)
+    assert np.array_equal(
+        kept_result.fitness, written.evaluate(_request(population)).fitness
+    )
 
 
 def test_stack_groups_give_the_same_fitness(digits):

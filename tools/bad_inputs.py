@@ -653,18 +653,17 @@ def print_table(results: list[tuple[Case, bool, str, str]], verbose: bool) -> No
     print("|---|---|---|---|")
     for kind, rows in kinds.items():
         failed = [case.name for case, passed, _, _ in rows if not passed]
-        print(
-            f"| {kind} | {len(rows)} | {len(rows) - len(failed)} | {', '.join(failed) or '-'} |"
-        )
+        passed = len(rows) - len(failed)
+        print(f"| {kind} | {len(rows)} | {passed} | {', '.join(failed) or '-'} |")
     total = sum(passed for _, passed, _, _ in results)
     print(f"\n{total} of {len(results)} cases passed")
     for case, passed, why, err in results:
         if verbose or not passed:
             state = "ok" if passed else f"FAILED: {why}"
             first = err.strip().splitlines()[0] if err.strip() else "(no stderr)"
-            print(
-                f"\n[{case.kind}] {case.name}: {state}\n  memdeploy {' '.join(case.argv)}\n  {first[:300]}"
-            )
+            command = " ".join(case.argv)
+            print(f"\n[{case.kind}] {case.name}: {state}")
+            print(f"  memdeploy {command}\n  {first[:300]}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,17 +51,24 @@ MATMUL_SIZE = 2048
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--population", type=int, default=10, help="candidates per request")
-    parser.add_argument("--repeats", type=int, default=3, help="timed requests per round")
-    parser.add_argument("--rounds", type=int, default=2, help="subprocesses per variant")
+    parser.add_argument(
+        "--population", type=int, default=10, help="candidates per request"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed requests per round"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="subprocesses per variant"
+    )
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
     )
     parser.add_argument(
         "--workloads", default=",".join(WORKLOADS), help="comma-separated workloads"
     )
-    parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "VARIANT"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=2, metavar=("WORKLOAD", "VARIANT"), help=argparse.SUPPRESS
+    )
     return parser
 
 
@@ -109,7 +116,8 @@ def plain_variant(model, task, evaluator, population):
             state = torchga.model_weights_as_dict(crossbar.module, vector)
             crossbar.module.load_state_dict(state)
             backend.program(
-                {name: state[f"{name}.weight"] for name in layers}, noise_seed=NOISE_SEED
+                {name: state[f"{name}.weight"] for name in layers},
+                noise_seed=NOISE_SEED,
             )
             accuracies.append(task.score(crossbar(images), "validation"))
         return accuracies
@@ -122,7 +130,9 @@ def memdeploy_variant(model, task, evaluator, population):
     from memdeploy.evaluation import EvaluationRequest
 
     request = EvaluationRequest(
-        population, generation=0, noise_seed=NOISE_SEED,
+        population,
+        generation=0,
+        noise_seed=NOISE_SEED,
         candidate_ids=tuple(range(len(population))),
     )
 
@@ -140,7 +150,9 @@ def flops_per_image(model, image_shape) -> int:
         per_output = module.weight[0].numel()  # in_features, or in/groups x kh x kw
         total[0] += 2 * per_output * output[0].numel()
 
-    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    layers = [
+        m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     hooks = [layer.register_forward_hook(count) for layer in layers]
     with torch.inference_mode():
         model(torch.zeros(1, *image_shape))
@@ -165,7 +177,9 @@ def run_child(workload: str, variant: str, population_size: int, repeats: int) -
         cpu.append(time.process_time() - started_cpu)
     images = sum(len(batch) for batch in task.evaluation_inputs("validation"))
     return {
-        "wall_s": wall, "cpu_s": cpu, "accuracies": accuracies,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "accuracies": accuracies,
         "flops_per_eval": images * flops_per_image(model, task.data.image_shape),
         "images_per_eval": images,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -176,9 +190,17 @@ def run_child(workload: str, variant: str, population_size: int, repeats: int) -
 
 def spawn_child(workload: str, variant: str, args) -> dict:
     command = [
-        sys.executable, __file__, "--child", workload, variant,
-        "--population", str(args.population), "--repeats", str(args.repeats),
-        "--threads", str(args.threads),
+        sys.executable,
+        __file__,
+        "--child",
+        workload,
+        variant,
+        "--population",
+        str(args.population),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
@@ -188,7 +210,10 @@ def spawn_child(workload: str, variant: str, args) -> dict:
 
 def matmul_rate_gflops(repeats: int = 7) -> float:
     """Median float32 rate of a 2048 x 2048 matrix product, in GFLOP/s."""
-    left, right = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    left, right = (
+        torch.randn(MATMUL_SIZE, MATMUL_SIZE),
+        torch.randn(MATMUL_SIZE, MATMUL_SIZE),
+    )
     left @ right
     times = []
     for _ in range(repeats):
@@ -209,7 +234,9 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def summarize(workload: str, results: dict[str, list[dict]], population: int, rate: float):
+def summarize(
+    workload: str, results: dict[str, list[dict]], population: int, rate: float
+):
     """Print one workload's table; return (b)'s speedup over (a)."""
     print(f"\n{workload}: {population} candidates per request")
     evals_per_s = {}
@@ -229,10 +256,14 @@ def summarize(workload: str, results: dict[str, list[dict]], population: int, ra
             f"{loads}"
         )
         print(f"            accuracies {[round(a, 6) for a in runs[0]['accuracies']]}")
-    identical = results["plain"][0]["accuracies"] == results["memdeploy"][0]["accuracies"]
+    identical = (
+        results["plain"][0]["accuracies"] == results["memdeploy"][0]["accuracies"]
+    )
     print(f"  same weights and noise seed give identical accuracy: {identical}")
-    print(f"  {runs[0]['flops_per_eval'] / 1e9:.3f} GFLOP per evaluation "
-          f"({runs[0]['images_per_eval']} images)")
+    print(
+        f"  {runs[0]['flops_per_eval'] / 1e9:.3f} GFLOP per evaluation "
+        f"({runs[0]['images_per_eval']} images)"
+    )
     return evals_per_s["memdeploy"] / evals_per_s["plain"], identical
 
 
@@ -245,17 +276,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     rate = matmul_rate_gflops()
-    print(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads; load average "
-          f"{' '.join(f'{value:.2f}' for value in os.getloadavg())}")
-    print(f"float32 matmul {MATMUL_SIZE}x{MATMUL_SIZE}: {rate:.1f} GFLOP/s (median of 7)")
+    print(
+        f"cpu: {cpu_model()}, {os.cpu_count()} logical cores; torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads; load average "
+        f"{' '.join(f'{value:.2f}' for value in os.getloadavg())}"
+    )
+    print(
+        f"float32 matmul {MATMUL_SIZE}x{MATMUL_SIZE}: {rate:.1f} GFLOP/s (median of 7)"
+    )
     speedups, all_identical = {}, True
     for workload in args.workloads.split(","):
         results = {"plain": [], "memdeploy": []}
         for _ in range(args.rounds):
-            for variant in results:
-                results[variant].append(spawn_child(workload, variant, args))
-        speedups[workload], identical = summarize(workload, results, args.population, rate)
+            for variant, runs in results.items():
+                runs.append(spawn_child(workload, variant, args))
+        speedups[workload], identical = summarize(
+            workload, results, args.population, rate
+        )
         all_identical = all_identical and identical
         print(f"  speedup of memdeploy over plain: {speedups[workload]:.2f}")
     print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

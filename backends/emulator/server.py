@@ -16,8 +16,8 @@ from backends.emulator.device import EmulatedDevice
 from backends.emulator.faults import FaultInjector, FaultSettings
 from backends.emulator.physics import ArrayPhysics
 from backends.emulator.transport import open_transport
-from memdeploy.errors import BackendError
 from backends.serial_protocol import FRAME_GAP_S, FrameError
+from memdeploy.errors import BackendError
 from memdeploy.profiles import DeviceProfile, load_profile
 
 logger = logging.getLogger(__name__)

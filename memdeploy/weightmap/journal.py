@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from memdeploy.errors import MemdeployError
 from memdeploy.runfolder import read_json, write_json
 from memdeploy.weightmap.format import WeightMapError, utc_timestamp
 
@@ -42,7 +43,14 @@ class DeployJournal:
         path = Path(map_dir) / JOURNAL_FILE
         if restart or not path.exists():
             return cls(path, identity, {})
-        stored = read_json(path)
+        try:
+            stored = read_json(path)
+        except MemdeployError as err:
+            raise WeightMapError(
+                f"{err}: the deploy journal is damaged; rerun with --restart to "
+                "program every block again"
+            ) from err
+        _check_layout(path, stored)
         if stored.get("journal_version") != JOURNAL_VERSION:
             raise WeightMapError(
                 f"{path}: journal_version {stored.get('journal_version')!r} is not "
@@ -92,6 +100,25 @@ class DeployJournal:
                 "updated": utc_timestamp(),
                 "blocks": self.blocks,
             },
+        )
+
+
+def _check_layout(path: Path, stored: dict) -> None:
+    """Raise WeightMapError unless the journal has the fields `open` and `save` use."""
+    identity, blocks = stored.get("identity", {}), stored.get("blocks", {})
+    valid = isinstance(identity, dict) and isinstance(blocks, dict)
+    for entry in blocks.values() if valid else ():
+        fields = ("tile", "pulses", "repair_pulses")
+        if not isinstance(entry, dict) or not all(
+            type(entry.get(name)) is int for name in fields
+        ):
+            valid = False
+            break
+    if not valid:
+        raise WeightMapError(
+            f"{path}: the deploy journal is damaged (expected an 'identity' object and "
+            "'blocks' entries with integer tile, pulses and repair_pulses): rerun with "
+            "--restart to program every block again"
         )
 
 

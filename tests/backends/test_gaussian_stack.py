@@ -67,7 +67,9 @@ def test_stacked_set_forwards_as_programmed_alone(profile_name):
     for index in range(2):
         stacked.select_stacked(index)
         alone.program(_one(weights, index), noise_seed=4)
-        assert torch.equal(stacked.forward("conv", inputs), alone.forward("conv", inputs))
+        assert torch.equal(
+            stacked.forward("conv", inputs), alone.forward("conv", inputs)
+        )
 
 
 def test_stacked_set_drifts_as_programmed_alone():
