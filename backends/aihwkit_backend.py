@@ -22,13 +22,17 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from backends.base import BackendCapabilities, CrossbarBackend, ProgrammingStats
+from backends.base import (
+    BackendCapabilities,
+    CrossbarBackend,
+    ProgrammingStats,
+    checked_layer_weight,
+)
 from memdeploy.errors import (
     BackendError,
     BackendUnavailableError,
     ProfileError,
     UnsupportedLayerError,
-    WeightsError,
 )
 from memdeploy.quantize import layer_scale, quantize_levels
 
@@ -210,7 +214,7 @@ class AihwkitBackend(CrossbarBackend):
         # Every layer is checked before any tile is written, so a bad layer leaves
         # the previous candidate in place.
         checked = {
-            name: _checked_weight(weights, name, layer.weight_shape)
+            name: checked_layer_weight(weights, name, layer.weight_shape)
             for name, layer in self.layers.items()
         }
 
@@ -331,21 +335,6 @@ def _check_inference_time(t_inference_s: float) -> None:
         )
 
 
-def _checked_weight(weights, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-    if name not in weights:
-        raise WeightsError(f"no weights given for crossbar layer {name!r}")
-    weight = weights[name].detach().to(torch.float32)
-    if tuple(weight.shape) != tuple(shape):
-        raise WeightsError(
-            f"weights for layer {name!r} have shape {tuple(weight.shape)}, "
-            f"expected {tuple(shape)}"
-        )
-    if not torch.isfinite(weight).all():
-        raise WeightsError(
-            f"weights for layer {name!r} contain NaN or infinite values; they cannot "
-            "be programmed"
-        )
-    return weight
 
 
 def _draw_stuck_map(shape, faults, generator: torch.Generator) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from memdeploy.errors import BackendSpecError, UnsupportedLayerError
+from memdeploy.errors import BackendSpecError, UnsupportedLayerError, WeightsError
 from memdeploy.profiles import DeviceProfile
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,27 @@ class CrossbarLayer:
             f"layer {name!r} of type {type(module).__name__} cannot be mapped onto a "
             "crossbar: only nn.Linear and nn.Conv2d are supported"
         )
+
+
+def checked_layer_weight(
+    weights: Mapping[str, torch.Tensor], name: str, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """Return layer `name`'s weight as float32, rejecting a missing, misshaped or
+    non-finite one before anything is programmed."""
+    if name not in weights:
+        raise WeightsError(f"no weights given for crossbar layer {name!r}")
+    weight = weights[name].detach().to(torch.float32)
+    if tuple(weight.shape) != tuple(shape):
+        raise WeightsError(
+            f"weights for layer {name!r} have shape {tuple(weight.shape)}, "
+            f"expected {tuple(shape)}"
+        )
+    if not torch.isfinite(weight).all():
+        raise WeightsError(
+            f"weights for layer {name!r} contain NaN or infinite values; they cannot "
+            "be programmed"
+        )
+    return weight
 
 
 @dataclass

@@ -23,7 +23,12 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from backends.base import BackendCapabilities, CrossbarBackend, ProgrammingStats
+from backends.base import (
+    BackendCapabilities,
+    CrossbarBackend,
+    ProgrammingStats,
+    checked_layer_weight,
+)
 from backends.periphery import convert_inputs, convert_outputs
 from memdeploy.errors import WeightsError
 from memdeploy.quantize import layer_scale, quantize_levels
@@ -80,7 +85,7 @@ class GaussianNoiseBackend(CrossbarBackend):
         self._stack = {}
         generator = torch.Generator().manual_seed(int(noise_seed))
         for name, layer in self.layers.items():
-            weight = self._checked_weight(weights, name, layer.weight_shape)
+            weight = checked_layer_weight(weights, name, layer.weight_shape)
             cells = self._program_cells(name, weight, generator)
             self._programmed_cells[name] = cells
             self._drift_exponents[name] = self._draw_exponents(cells.shape, generator)
@@ -138,22 +143,6 @@ class GaussianNoiseBackend(CrossbarBackend):
             stats.cells_written += layer.cells
             stats.stuck_cells += int((self._stuck[name] != STUCK_FREE).sum())
         return stats
-
-    def _checked_weight(self, weights, name, shape) -> torch.Tensor:
-        if name not in weights:
-            raise WeightsError(f"no weights given for crossbar layer {name!r}")
-        weight = weights[name].detach().to(torch.float32)
-        if tuple(weight.shape) != tuple(shape):
-            raise WeightsError(
-                f"weights for layer {name!r} have shape {tuple(weight.shape)}, "
-                f"expected {tuple(shape)}"
-            )
-        if not torch.isfinite(weight).all():
-            raise WeightsError(
-                f"weights for layer {name!r} contain NaN or infinite values; they "
-                "cannot be programmed"
-            )
-        return weight
 
     def _checked_stack(self, weights, name, shape) -> torch.Tensor:
         if name not in weights:
