@@ -87,8 +87,9 @@ def test_split_layer_reproduces_digital_outputs(make_profile):
 
     expected = inputs @ weight.T
 
-    assert (backend.forward("fc", inputs) - expected).abs().max() < 1e-5
-    assert (backend.mvm("fc", inputs) - expected).abs().max() < 1e-5
+    # float32 sums of 40 products differ by their order, so compare at 1e-4
+    assert (backend.forward("fc", inputs) - expected).abs().max() < 1e-4
+    assert (backend.mvm("fc", inputs) - expected).abs().max() < 1e-4
     assert (backend.read_weights()["fc"] - weight).abs().max() < 1e-6
 
 
@@ -199,7 +200,8 @@ def test_forward_runs_under_inference_mode(make_profile):
     with torch.inference_mode():
         outputs = backend.forward("fc", inputs)
 
-    assert (outputs - inputs @ weight.T).abs().max() < 1e-5
+    # float32 sums of 96 products differ by their order (up to 1.2e-5 seen)
+    assert (outputs - inputs @ weight.T).abs().max() < 1e-4
 
 
 def test_forward_before_program_is_rejected(make_profile):
