@@ -2,16 +2,16 @@
 
 A simulated backend that offers `program_stack` and `select_stacked` (see
 `StackedProgramming`) programs all candidates of a request in one vectorized pass
-under the request's shared noise seed. Each candidate then runs its forward passes
-on its own, in the channels-last memory layout. Any other backend programs and scores
-candidate by candidate. Both orders give the same fitness for the same genes and
-noise seed.
+under the request's shared noise seed. Each candidate then runs its own forward
+passes, with the digital steps after each crossbar layer fused (see
+`memdeploy.crossbar_model`). Any other backend programs and scores candidate by
+candidate. Both orders give the same fitness for the same genes and noise seed.
 
-Why forward passes stay per candidate: on the two-core CPU of
-docs/benchmarks-fitness.md, a grouped convolution over ten stacked candidates ran no
-faster than ten channels-last convolutions, and `torch.func.vmap` over stacked
-parameters ran the ProtoNet embedding 3.4 times slower. Stacking would only have
-multiplied the activation memory.
+Forward passes stay per candidate because stacking them did not pay on the two-core
+CPU of docs/benchmarks-fitness.md. A grouped convolution over ten stacked candidates
+ran no faster than ten separate convolutions, and `torch.func.vmap` over stacked
+parameters ran the ProtoNet embedding 3.4 times slower. Stacking would also have
+multiplied the activation memory by the population size.
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ from memdeploy.tasks import EVAL_BATCH
 logger = logging.getLogger(__name__)
 
 ACTIVATION_BYTES = 12 * 2**20
-"""Target size of the largest activation of one scoring forward call. On the two-core
-CPU of docs/benchmarks-fitness.md, ProtoNet's 64-channel 28x28 activations ran 2.9
-times faster in batches of 64 images (12.8 MB) than of 1024 (205 MB): the allocator
-reuses blocks of that size, but returns the large ones to the system, and touching
-fresh pages cost more than the convolutions."""
+"""Target size of the largest activation of one scoring forward call.
+
+On the two-core CPU of docs/benchmarks-fitness.md, scoring ProtoNet on MNIST took
+about a third of the CPU time in batches of 62 images (12 MB per 64-channel 28x28
+activation) than in one batch of 1040 (209 MB). The allocator reuses blocks of the
+smaller size, but it maps and unmaps the large ones for every tensor, and the page
+faults cost more than the convolutions."""
 
 STACK_BYTES = 256 * 2**20
 """Maximum bytes of programmed cells (two float32 values per crossbar weight) that

@@ -4,12 +4,17 @@
 forwards its input to the backend's programmed layer and adds its bias digitally.
 Parameter names and order stay those of the original model, so a gene vector loads
 into the copy unchanged.
+
+With `fuse_digital`, the digital steps that directly follow a crossbar layer in an
+`nn.Sequential` (its bias, an eval-mode batch normalization, a ReLU) run as one
+in-place step on the backend's output. Eval-mode batch normalization is the affine
+map ``x * scale + shift``, so bias and normalization fold into one multiply-add. The
+results equal the unfused model's up to float rounding.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 
 import numpy as np
 import torch
@@ -17,8 +22,6 @@ from torch import nn
 
 from backends import CrossbarBackend, ProgrammingStats
 from memdeploy.genome import Genome
-
-logger = logging.getLogger(__name__)
 
 
 class _ProgrammedLayer(nn.Module):
@@ -32,23 +35,64 @@ class _ProgrammedLayer(nn.Module):
         self.layer_name = name
         self.kind = "linear" if isinstance(original, nn.Linear) else "conv2d"
         self.backend = backend
-        self.channels_last = False
+        self.epilogue: _Epilogue | None = None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         outputs = self.backend.forward(self.layer_name, inputs)
-        if self.kind == "linear":
-            return outputs if self.bias is None else outputs + self.bias
-        if self.channels_last and not outputs.is_contiguous(
-            memory_format=torch.channels_last
-        ):
-            # A one-channel input leaves the convolution in the default layout;
-            # the bias addition writes the channels-last copy the next layers need.
-            result = torch.empty_like(outputs, memory_format=torch.channels_last)
-            bias = 0.0 if self.bias is None else self.bias.view(1, -1, 1, 1)
-            return torch.add(outputs, bias, out=result)
+        if self.epilogue is not None:
+            return self.epilogue.apply(outputs, self.bias)
         if self.bias is None:
             return outputs
-        return outputs + self.bias.view(1, -1, 1, 1)
+        if self.kind == "conv2d":
+            return outputs + self.bias.view(1, -1, 1, 1)
+        return outputs + self.bias
+
+
+class _FoldedNorm(nn.Module):
+    """A batch normalization whose work the preceding crossbar layer does.
+
+    It keeps the original's parameters and buffers under the same names, so gene
+    vectors and state dictionaries load as before, and passes its input through.
+    """
+
+    def __init__(self, norm: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.weight = norm.weight
+        self.bias = norm.bias
+        self.register_buffer("running_mean", norm.running_mean)
+        self.register_buffer("running_var", norm.running_var)
+        self.register_buffer("num_batches_tracked", norm.num_batches_tracked)
+        self.eps = norm.eps
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs
+
+    def affine(self, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (scale, shift) of the normalization applied to outputs + bias."""
+        scale = torch.rsqrt(self.running_var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -self.running_mean if bias is None else bias - self.running_mean
+        shift = shift * scale
+        return scale, shift if self.bias is None else shift + self.bias
+
+
+class _Epilogue:
+    """Bias, batch normalization and ReLU after a crossbar layer, done in place."""
+
+    def __init__(self, norm: _FoldedNorm | None, relu: bool) -> None:
+        self.norm = norm
+        self.relu = relu
+
+    def apply(self, outputs: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (outputs.dim() - 2)
+        bias = None if bias is None else bias.detach()
+        if self.norm is not None:
+            scale, shift = (value.detach() for value in self.norm.affine(bias))
+            torch.addcmul(shift.view(shape), outputs, scale.view(shape), out=outputs)
+        elif bias is not None:
+            outputs.add_(bias.view(shape))
+        return outputs.clamp_(min=0.0) if self.relu else outputs
 
 
 class CrossbarModel:
@@ -57,29 +101,25 @@ class CrossbarModel:
     Args:
         model: The model to deploy; it is copied, not changed.
         backend: The backend; `setup` is called here with the model's crossbar layers.
-        channels_last: Pass image batches to the model in the channels-last memory
-            layout, in which CPU convolutions run several times faster than in the
-            default layout. The values, and so the results, are the same.
+        fuse_digital: Run bias, batch normalization and ReLU that follow a crossbar
+            layer in an `nn.Sequential` as one in-place step. The backend's
+            `forward` must return a new tensor, as the simulators' does.
     """
 
     def __init__(
-        self, model: nn.Module, backend: CrossbarBackend, *, channels_last: bool = False
+        self, model: nn.Module, backend: CrossbarBackend, *, fuse_digital: bool = False
     ) -> None:
         self.genome = Genome(model)
         self.backend = backend
         self.module = copy.deepcopy(model).eval()
         for layer in self.genome.crossbar_layers:
             original = self.module.get_submodule(layer.name)
-            programmed = _ProgrammedLayer(layer.name, original, backend)
-            _replace_submodule(self.module, layer.name, programmed)
-        self._set_channels_last(channels_last)
+            _replace_submodule(
+                self.module, layer.name, _ProgrammedLayer(layer.name, original, backend)
+            )
+        if fuse_digital:
+            _fuse_epilogues(self.module)
         backend.setup(self.genome.crossbar_layers)
-
-    def _set_channels_last(self, enabled: bool) -> None:
-        self.channels_last = enabled
-        for module in self.module.modules():
-            if isinstance(module, _ProgrammedLayer):
-                module.channels_last = enabled
 
     def program(self, genes: np.ndarray, *, noise_seed: int | None = None) -> ProgrammingStats:
         """Load digital parameters from `genes` and program the crossbar weights."""
@@ -117,17 +157,35 @@ class CrossbarModel:
 
     @torch.inference_mode()
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and inputs.dim() == 4:
-            try:
-                return self.module(inputs.contiguous(memory_format=torch.channels_last))
-            except RuntimeError as err:
-                # A model that calls .view() on a convolution's output needs the
-                # default layout; such a model keeps running, only slower.
-                if "Use .reshape" not in str(err):
-                    raise
-                logger.warning("model needs the default memory layout: %s", err)
-                self._set_channels_last(False)
         return self.module(inputs)
+
+
+def _fuse_epilogues(root: nn.Module) -> None:
+    """Hand each crossbar layer the batch normalization and ReLU that follow it."""
+    for sequential in [m for m in root.modules() if isinstance(m, nn.Sequential)]:
+        names = list(sequential._modules)
+        for position, name in enumerate(names):
+            layer = sequential._modules[name]
+            if not isinstance(layer, _ProgrammedLayer):
+                continue
+            following = names[position + 1 : position + 3]
+            norm = None
+            if following and _foldable_norm(sequential._modules[following[0]]):
+                norm = _FoldedNorm(sequential._modules[following[0]])
+                sequential._modules[following.pop(0)] = norm
+            relu = bool(following) and type(sequential._modules[following[0]]) is nn.ReLU
+            if relu:
+                sequential._modules[following[0]] = nn.Identity()
+            if norm is not None or relu:
+                layer.epilogue = _Epilogue(norm, relu)
+
+
+def _foldable_norm(module: nn.Module) -> bool:
+    return (
+        isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d))
+        and module.running_mean is not None
+        and module.running_var is not None
+    )
 
 
 def _replace_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -114,7 +114,7 @@ class LocalEvaluator:
         self.settings = settings
         self.seed = seed
         stacked = isinstance(backend, StackedProgramming)
-        self.crossbar = CrossbarModel(model, backend, channels_last=stacked)
+        self.crossbar = CrossbarModel(model, backend, fuse_digital=stacked)
         self.genome = self.crossbar.genome
         self.scorer = PopulationScorer(self.crossbar, self._validation_score)
         self._trainee = copy.deepcopy(model).eval()

@@ -72,8 +72,8 @@ def test_stacked_fitness_equals_plain_per_candidate(digits, model_name):
     model, task = _workload(digits, model_name)
     population = _population(model)
     result = _evaluator(model, task).evaluate(_request(population))
-    # Exact: channels-last convolutions differ from the default layout by float
-    # rounding only, which moves no prediction here.
+    # Exact: the fused digital steps differ from the plain model by float rounding
+    # only, which moves no prediction here.
     assert result.fitness.tolist() == _plain_fitness(model, task, population)
 
 
@@ -89,17 +89,37 @@ def test_stacked_fitness_equals_sequential_scorer(digits, model_name):
     assert np.array_equal(stacked.candidates, sequential.candidates)
 
 
-def test_channels_last_embeddings_match_default_layout(digits):
-    model, _ = _workload(digits, "protonet")
+def _with_running_statistics(model):
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+    return model
+
+
+def test_fused_digital_steps_match_unfused_model(digits):
+    model = _with_running_statistics(_workload(digits, "protonet")[0])
     genes = _population(model, 1)[0]
     images = digits.validation.images[:32]
     outputs = []
-    for channels_last in (False, True):
+    for fuse_digital in (False, True):
         backend = open_backend("gaussian", PROFILE, seed=0)
-        crossbar = CrossbarModel(model, backend, channels_last=channels_last)
+        crossbar = CrossbarModel(model, backend, fuse_digital=fuse_digital)
         crossbar.program(genes, noise_seed=NOISE_SEED)
         outputs.append(crossbar(images))
-    assert torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    assert torch.allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_model_keeps_parameter_and_state_layout(digits):
+    model, _ = _workload(digits, "protonet")
+    backend = open_backend("gaussian", PROFILE, seed=0)
+    plain = CrossbarModel(model, backend).module
+    fused = CrossbarModel(model, backend, fuse_digital=True).module
+    assert [n for n, _ in fused.named_parameters()] == [
+        n for n, _ in plain.named_parameters()
+    ]
+    assert list(fused.state_dict()) == list(plain.state_dict())
 
 
 def test_result_shapes_without_finetuning(digits):
@@ -130,13 +150,12 @@ def test_write_back_returns_finetuned_genes(digits):
 def test_without_write_back_finetuned_genes_are_scored(digits):
     model, task = _workload(digits, "mlp")
     population = _population(model, 3)
-    kept = _evaluator(model, task, finetune_steps=2, write_back=False)
-    written = _evaluator(model, task, finetune_steps=2, write_back=True)
-    kept_result = kept.evaluate(_request(population))
-    assert kept_result.candidates is None
-    assert np.array_equal(
-        kept_result.fitness, written.evaluate(_request(population)).fitness
-    )
+    without = _evaluator(model, task, finetune_steps=2, write_back=False)
+    with_write_back = _evaluator(model, task, finetune_steps=2, write_back=True)
+    result = without.evaluate(_request(population))
+    expected = with_write_back.evaluate(_request(population)).fitness
+    assert result.candidates is None
+    assert np.array_equal(result.fitness, expected)
 
 
 def test_stack_groups_give_the_same_fitness(digits):

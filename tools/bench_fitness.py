@@ -4,25 +4,25 @@ Both variants score the same population (seeded perturbations of the model's ini
 weights) on the same validation images, on the gaussian backend with the same noise
 seed, without fine-tuning:
 
-(a) plain: the pygad.torchga pattern. For each candidate, in turn: its torchga weights
-    vector (state-dict order, buffers included; built before timing) becomes a state
-    dictionary with `pygad.torchga.model_weights_as_dict`, which `load_state_dict`
-    loads into a `CrossbarModel` built once in the default memory layout; the
-    crossbar weights from that dictionary are programmed with `backend.program`; all
-    scoring images go through the model in one forward call, as
-    `pygad.torchga.predict` runs its data; `task.score` turns the outputs into
-    accuracy.
+(a) plain: the pygad.torchga pattern, candidate by candidate. The candidate's torchga
+    weights vector (state-dict order with buffers, built before timing) becomes a
+    state dictionary with `pygad.torchga.model_weights_as_dict`. `load_state_dict`
+    loads it into a `CrossbarModel` that is built once, without fused digital steps.
+    `backend.program` programs the crossbar weights from that dictionary. All scoring
+    images go through the model in one forward call, as `pygad.torchga.predict` runs
+    its data, and `task.score` turns the outputs into accuracy.
 (b) memdeploy: `LocalEvaluator.evaluate` on one `EvaluationRequest` that carries the
     whole population.
 
 Every variant runs in its own subprocess, so that its peak resident memory
-(`ru_maxrss`) is its own; variants alternate over rounds, so that a change of load
-hits both. The last line is `speedup: R`, the ratio of (b)'s to (a)'s evaluations per
-second on ProtoNet with MNIST.
+(`ru_maxrss`) is its own. Variants alternate over rounds, so that a change of load
+hits both. Per variant the table gives evaluations per second, CPU ms per evaluation,
+the Conv2d and Linear GFLOP rate per wall second and per CPU-second (each also as a
+share of the matrix-product rate measured the same way), peak resident memory, that
+before the first scoring, and the load average. The last line is `speedup: R`, (b)'s
+evaluations per second over (a)'s on ProtoNet with MNIST.
 
-Run from the repository root:
-
-    .venv/bin/python tools/bench_fitness.py --rounds 2 --repeats 3
+Run from the repository root: `.venv/bin/python tools/bench_fitness.py`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,15 @@ import time
 
 import numpy as np
 import torch
+from pygad import torchga
+
+from backends import open_backend
+from memdeploy.crossbar_model import CrossbarModel
+from memdeploy.datasets import load_dataset
+from memdeploy.evaluation import EvaluationRequest, LocalEvaluator
+from memdeploy.models import build_model, task_kind
+from memdeploy.profiles import load_profile
+from memdeploy.tasks import make_task
 
 WORKLOADS = {
     # name: (model, dataset, profile)
@@ -49,20 +58,18 @@ NOISE_SEED = 1234
 MATMUL_SIZE = 2048
 
 
+INTEGER_OPTIONS = (
+    ("--population", 10, "candidates per request"),
+    ("--repeats", 3, "timed requests per round"),
+    ("--rounds", 2, "subprocesses per variant"),
+    ("--threads", 0, "torch CPU threads (0: torch's default)"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--population", type=int, default=10, help="candidates per request"
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="timed requests per round"
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="subprocesses per variant"
-    )
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
-    )
+    for flag, default, help_text in INTEGER_OPTIONS:
+        parser.add_argument(flag, type=int, default=default, help=help_text)
     parser.add_argument(
         "--workloads", default=",".join(WORKLOADS), help="comma-separated workloads"
     )
@@ -74,13 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_workload(name: str, population_size: int):
     """Return the model, its task, its evaluator (gaussian backend) and a population."""
-    from backends import open_backend
-    from memdeploy.datasets import load_dataset
-    from memdeploy.evaluation import LocalEvaluator
-    from memdeploy.models import build_model, task_kind
-    from memdeploy.profiles import load_profile
-    from memdeploy.tasks import make_task
-
     model_name, dataset, profile_name = WORKLOADS[name]
     data = load_dataset(dataset, seed=0)
     model = build_model(model_name, data.image_shape, data.num_classes, seed=0).eval()
@@ -96,11 +96,6 @@ def build_workload(name: str, population_size: int):
 
 def plain_variant(model, task, evaluator, population):
     """Return a function scoring the population the pygad.torchga way (variant a)."""
-    from pygad import torchga
-
-    from backends import open_backend
-    from memdeploy.crossbar_model import CrossbarModel
-
     backend = open_backend("gaussian", evaluator.profile, seed=0)
     crossbar = CrossbarModel(model, backend)
     layers = [layer.name for layer in crossbar.genome.crossbar_layers]
@@ -127,8 +122,6 @@ def plain_variant(model, task, evaluator, population):
 
 def memdeploy_variant(model, task, evaluator, population):
     """Return a function scoring the population with `LocalEvaluator` (variant b)."""
-    from memdeploy.evaluation import EvaluationRequest
-
     request = EvaluationRequest(
         population,
         generation=0,
@@ -166,8 +159,8 @@ def run_child(workload: str, variant: str, population_size: int, repeats: int) -
     model, task, evaluator, population = build_workload(workload, population_size)
     make = plain_variant if variant == "plain" else memdeploy_variant
     score_population = make(model, task, evaluator, population)
-    score_population()  # warm-up: allocator, oneDNN kernels, cached inputs
     rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    score_population()  # warm-up: allocator, oneDNN kernels, cached inputs
 
     wall, cpu = [], []
     for _ in range(repeats):
@@ -183,44 +176,37 @@ def run_child(workload: str, variant: str, population_size: int, repeats: int) -
         "flops_per_eval": images * flops_per_image(model, task.data.image_shape),
         "images_per_eval": images,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_before_timing_mib": rss_before_kib / 1024,
+        "rss_before_scoring_mib": rss_before_kib / 1024,
         "load_average": os.getloadavg()[0],
     }
 
 
 def spawn_child(workload: str, variant: str, args) -> dict:
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        workload,
-        variant,
-        "--population",
-        str(args.population),
-        "--repeats",
-        str(args.repeats),
-        "--threads",
-        str(args.threads),
-    ]
+    """Run one variant in a fresh Python process and return its measurements."""
+    options = {"--population": args.population, "--repeats": args.repeats}
+    options["--threads"] = args.threads
+    command = [sys.executable, __file__, "--child", workload, variant]
+    command += [str(value) for option in options.items() for value in option]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"{workload} {variant} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def matmul_rate_gflops(repeats: int = 7) -> float:
-    """Median float32 rate of a 2048 x 2048 matrix product, in GFLOP/s."""
-    left, right = (
-        torch.randn(MATMUL_SIZE, MATMUL_SIZE),
-        torch.randn(MATMUL_SIZE, MATMUL_SIZE),
-    )
+def matmul_rates(repeats: int = 7) -> tuple[float, float]:
+    """Return the float32 rate of a 2048 x 2048 matrix product: GFLOP per second of
+    wall time and GFLOP per CPU-second, each the median of `repeats`."""
+    left = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    right = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
     left @ right
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         left @ right
-        times.append(time.perf_counter() - started)
-    return 2 * MATMUL_SIZE**3 / statistics.median(times) / 1e9
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+    flops = 2 * MATMUL_SIZE**3 / 1e9
+    return flops / statistics.median(wall), flops / statistics.median(cpu)
 
 
 def cpu_model() -> str:
@@ -234,37 +220,46 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def summarize(
-    workload: str, results: dict[str, list[dict]], population: int, rate: float
-):
-    """Print one workload's table; return (b)'s speedup over (a)."""
-    print(f"\n{workload}: {population} candidates per request")
-    evals_per_s = {}
-    for variant, runs in results.items():
-        wall = [t for run in runs for t in run["wall_s"]]
-        cpu = [t for run in runs for t in run["cpu_s"]]
-        evals_per_s[variant] = population / statistics.median(wall)
-        flops = runs[0]["flops_per_eval"]
-        loads = ", ".join(f"{run['load_average']:.2f}" for run in runs)
-        print(
-            f"  {variant:9s} {evals_per_s[variant]:8.2f} evals/s (wall, median of "
-            f"{len(wall)}), {statistics.median(cpu) / population * 1e3:8.1f} ms CPU per "
-            f"eval, {flops * evals_per_s[variant] / 1e9:6.1f} GFLOP/s = "
-            f"{flops * evals_per_s[variant] / 1e9 / rate:5.1%} of matmul, peak RSS "
-            f"{max(run['peak_rss_mib'] for run in runs):7.1f} MiB (before timing "
-            f"{max(run['rss_before_timing_mib'] for run in runs):7.1f}), load "
-            f"{loads}"
-        )
-        print(f"            accuracies {[round(a, 6) for a in runs[0]['accuracies']]}")
-    identical = (
-        results["plain"][0]["accuracies"] == results["memdeploy"][0]["accuracies"]
-    )
-    print(f"  same weights and noise seed give identical accuracy: {identical}")
+def variant_row(variant: str, runs: list[dict], population: int, rates) -> dict:
+    """Print one variant's line of the table and return its medians."""
+    wall = statistics.median(t for run in runs for t in run["wall_s"]) / population
+    cpu = statistics.median(t for run in runs for t in run["cpu_s"]) / population
+    gflop = runs[0]["flops_per_eval"] / 1e9
+    loads = ", ".join(f"{run['load_average']:.2f}" for run in runs)
     print(
-        f"  {runs[0]['flops_per_eval'] / 1e9:.3f} GFLOP per evaluation "
-        f"({runs[0]['images_per_eval']} images)"
+        f"  {variant:9s} {1 / wall:8.2f} {cpu * 1e3:9.1f} {gflop / wall:7.1f} "
+        f"{gflop / wall / rates[0]:6.1%} {gflop / cpu:7.1f} {gflop / cpu / rates[1]:6.1%}"
+        f" {max(run['peak_rss_mib'] for run in runs):8.1f}"
+        f" {max(run['rss_before_scoring_mib'] for run in runs):8.1f}   {loads}"
     )
-    return evals_per_s["memdeploy"] / evals_per_s["plain"], identical
+    return {"wall": wall, "cpu": cpu, "accuracies": runs[0]["accuracies"]}
+
+
+def summarize(workload: str, results: dict[str, list[dict]], population: int, rates):
+    """Print one workload's table; return (b)'s wall-time speedup and whether the
+    accuracies of (a) and (b) are identical."""
+    first = results["plain"][0]
+    print(
+        f"\n{workload}: {population} candidates per request, "
+        f"{first['flops_per_eval'] / 1e9:.3f} GFLOP per evaluation "
+        f"({first['images_per_eval']} images)"
+    )
+    print(
+        "  variant    evals/s  CPU ms/ev  GFLOP/s matmul  GF/CPUs matmul"
+        "  peak MiB  pre MiB   load"
+    )
+    rows = {v: variant_row(v, runs, population, rates) for v, runs in results.items()}
+    for variant, row in rows.items():
+        print(f"  accuracy {variant:9s} {[round(a, 6) for a in row['accuracies']]}")
+    identical = rows["plain"]["accuracies"] == rows["memdeploy"]["accuracies"]
+    print(f"  same weights and noise seed give identical accuracy: {identical}")
+    speedup = rows["plain"]["wall"] / rows["memdeploy"]["wall"]
+    cpu_speedup = rows["plain"]["cpu"] / rows["memdeploy"]["cpu"]
+    print(
+        f"  speedup of memdeploy over plain: {speedup:.2f} in wall time, "
+        f"{cpu_speedup:.2f} in CPU time"
+    )
+    return speedup, identical
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,14 +270,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_child(*args.child, args.population, args.repeats)))
         return 0
 
-    rate = matmul_rate_gflops()
+    rates = matmul_rates()
+    loads = " ".join(f"{value:.2f}" for value in os.getloadavg())
     print(
         f"cpu: {cpu_model()}, {os.cpu_count()} logical cores; torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads; load average "
-        f"{' '.join(f'{value:.2f}' for value in os.getloadavg())}"
+        f"{torch.__version__}, {torch.get_num_threads()} threads; load average {loads}"
     )
     print(
-        f"float32 matmul {MATMUL_SIZE}x{MATMUL_SIZE}: {rate:.1f} GFLOP/s (median of 7)"
+        f"float32 matmul {MATMUL_SIZE}x{MATMUL_SIZE}: {rates[0]:.1f} GFLOP/s wall, "
+        f"{rates[1]:.1f} GFLOP per CPU-second (medians of 7)"
     )
     speedups, all_identical = {}, True
     for workload in args.workloads.split(","):
@@ -291,11 +287,11 @@ def main(argv: list[str] | None = None) -> int:
             for variant, runs in results.items():
                 runs.append(spawn_child(workload, variant, args))
         speedups[workload], identical = summarize(
-            workload, results, args.population, rate
+            workload, results, args.population, rates
         )
         all_identical = all_identical and identical
-        print(f"  speedup of memdeploy over plain: {speedups[workload]:.2f}")
-    print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    loads = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"\nload average at the end: {loads}")
     print(f"speedup: {speedups.get('protonet-mnist', float('nan')):.2f}")
     return 0 if all_identical else 1
 
