@@ -8,9 +8,10 @@ passes, with the digital steps after each crossbar layer fused (see
 candidate. Both orders give the same fitness for the same genes and noise seed.
 
 Forward passes stay per candidate because stacking them did not pay on the two-core
-CPU of docs/benchmarks-fitness.md. A grouped convolution over ten stacked candidates
-ran no faster than ten separate convolutions, and `torch.func.vmap` over stacked
-parameters ran the ProtoNet embedding 3.4 times slower. Stacking would also have
+CPU of docs/benchmarks.md ("Fitness evaluation speed"). A grouped convolution over
+ten stacked candidates ran no faster than ten separate convolutions, and
+`torch.func.vmap` over stacked parameters ran the ProtoNet embedding 3.4 times
+slower. Stacking would also have
 multiplied the activation memory by the population size.
 """
 
@@ -35,9 +36,9 @@ logger = logging.getLogger(__name__)
 ACTIVATION_BYTES = 12 * 2**20
 """Target size of the largest activation of one scoring forward call.
 
-On the two-core CPU of docs/benchmarks-fitness.md, scoring ProtoNet on MNIST took
-about a third of the CPU time in batches of 62 images (12 MB per 64-channel 28x28
-activation) than in one batch of 1040 (209 MB). The allocator reuses blocks of the
+On the two-core CPU of docs/benchmarks.md ("Fitness evaluation speed"), scoring
+ProtoNet on MNIST took about a third of the CPU time in batches of 62 images (12 MB
+per 64-channel 28x28 activation) than in one batch of 1040 (209 MB). The allocator reuses blocks of the
 smaller size, but it maps and unmaps the large ones for every tensor, and the page
 faults cost more than the convolutions."""
 

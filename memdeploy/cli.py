@@ -64,7 +64,7 @@ def _add_optimize(subparsers) -> None:
     add("--crossover-probability", dest="crossover_probability", type=float,
         help="two-point crossover probability (default 0.8)")
     add("--mutation-probability", dest="mutation_probability", type=float,
-        help="per-gene mutation probability (default 0.01)")
+        help="per-gene mutation probability (default 0.001)")
     add("--selection", choices=["roulette", "rank"],
         help="roulette (sigmoid-scaled) or rank selection (default roulette)")
     add("--sigmoid-steepness", dest="sigmoid_steepness", type=float,
@@ -75,14 +75,19 @@ def _add_optimize(subparsers) -> None:
     add("--init", choices=["origin", "large"], help="population init (default origin)")
     add("--elitism", type=int, help="elites kept each generation (default 1)")
     add("--finetune-steps", dest="finetune_steps", type=int,
-        help="noise-aware training steps inside each fitness evaluation (default 5)")
-    add("--finetune-lr", dest="finetune_lr", type=float, help="fine-tuning learning rate")
+        help="noise-aware training steps inside each fitness evaluation (default 10)")
+    add("--finetune-lr", dest="finetune_lr", type=float,
+        help="fine-tuning Adam learning rate (default 3e-4)")
     add("--no-write-back", dest="write_back", action="store_false",
         help="score fine-tuned weights but keep the candidate's own genes")
     add("--inference-times", dest="inference_times_s", type=float, nargs="+",
         metavar="SECONDS", help="score each candidate at these times after programming")
     add("--time-combine", dest="time_combine", choices=["mean", "min"],
         help="combine scores at several inference times by mean or min")
+    add("--fitness-split", dest="fitness_split", choices=["validation", "train"],
+        help="split whose accuracy is the fitness (default train)")
+    add("--fitness-draws", dest="fitness_draws", type=int,
+        help="noise draws each fitness averages, shared by a generation (default 1)")
     add("--no-fault-aware", dest="fault_aware", action="store_false",
         help="let the GA mutate genes on stuck cells freely")
     add("--float-steps", dest="float_steps", type=int, help="float training steps")

@@ -10,9 +10,9 @@ from backends import open_backend, resolve_spec
 from memdeploy.errors import RunFolderError
 from memdeploy.evaluation import LocalEvaluator
 from memdeploy.genome import Genome
+from memdeploy.manifest import read_run_settings
 from memdeploy.profiles import load_profile
 from memdeploy.run import draw_seeds
-from memdeploy.manifest import read_run_settings
 from memdeploy.runfolder import load_weights
 from memdeploy.workload import prepare_model_and_task
 

@@ -8,7 +8,8 @@ process.
 
 A candidate's fitness: optional noise-aware fine-tuning on the training split (written
 back into the candidate when asked), then programming onto the backend and accuracy
-on the validation split. The test split is never touched here. A simulator that
+on the fitness split (training or validation), averaged over the request's noise
+draws. The test split is never touched here. A simulator that
 programs stacks of weight sets gets the whole request in one programming pass (see
 `memdeploy.batched`).
 """
@@ -52,6 +53,13 @@ class FitnessSettings:
 
     time_combine: Literal["mean", "min"] = "mean"
     """How the scores at several inference times combine into one fitness."""
+
+    split: Literal["validation", "train"] = "validation"
+    """The split whose accuracy is the fitness; the test split is not an option."""
+
+    noise_draws: int = 1
+    """Programming draws each candidate is scored on; the fitness is their mean.
+    Every candidate of a request gets the same draws (common random numbers)."""
 
 
 @dataclass(frozen=True)
@@ -145,12 +153,17 @@ class LocalEvaluator:
             )
             seconds["finetune"] = time.perf_counter() - started
 
-        scores = self.scorer.score(candidates, request.noise_seed)
-        seconds["program"] = scores.program_s
-        seconds["inference"] = scores.inference_s
+        fitness = np.zeros(len(candidates))
+        stats = []
+        for noise_seed in draw_noise_seeds(request.noise_seed, self.settings.noise_draws):
+            scores = self.scorer.score(candidates, noise_seed)
+            fitness += scores.fitness / self.settings.noise_draws
+            stats = scores.stats if not stats else [a + b for a, b in zip(stats, scores.stats)]
+            seconds["program"] += scores.program_s
+            seconds["inference"] += scores.inference_s
         write_back = self._finetunes and self.settings.write_back
         written_back = candidates if write_back else None
-        return EvaluationResult(scores.fitness, written_back, scores.stats, seconds)
+        return EvaluationResult(fitness, written_back, stats, seconds)
 
     @property
     def _finetunes(self) -> bool:
@@ -181,7 +194,7 @@ class LocalEvaluator:
             if t_s is not None:
                 self.backend.set_inference_time(t_s)
             scores.append(
-                self.task.accuracy(self.crossbar, "validation", self.eval_batch)
+                self.task.accuracy(self.crossbar, self.settings.split, self.eval_batch)
             )
         if not self._times:
             return scores[0]
@@ -200,6 +213,12 @@ class LocalEvaluator:
     def close(self) -> None:
         """Close the backend."""
         self.backend.close()
+
+
+def draw_noise_seeds(noise_seed: int, count: int) -> list[int]:
+    """Return `count` noise seeds for one request; the first is `noise_seed` itself."""
+    extra = np.random.SeedSequence([noise_seed, 0x5EED]).generate_state(max(count - 1, 0))
+    return [int(noise_seed), *(int(value) for value in extra)]
 
 
 def float_accuracy(model: nn.Module, task, split: str) -> float:

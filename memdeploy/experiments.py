@@ -131,7 +131,8 @@ class ComputeBudget:
     """The GA's validation forward passes, as training steps (0 when not counted)."""
 
     evaluations: int
-    """Validation passes: fitness evaluations and finalist re-scorings."""
+    """Scoring passes: fitness evaluations (per draw and inference time) and
+    finalist re-scorings."""
 
     validation_images: int
     images_per_step: int
@@ -147,39 +148,44 @@ def ga_compute_budget(
     validation_images: int,
     images_per_step: int,
     *,
+    fitness_images: int | None = None,
     count_forward: bool = True,
 ) -> ComputeBudget:
     """Count the training steps that cost what a GA run with `settings` costs.
 
     Every candidate of generations 0 to `generations` is fine-tuned for
-    `finetune_steps` steps and then scored on the validation split, once per
-    inference time when several are set. At the end each finalist is scored on
-    `selection_draws` more validation draws. A validation pass
-    of V images counts as V / (3 x images per step) training steps, rounded up.
-    Scoring the test split is left out, because the baseline's report pays it too.
+    `finetune_steps` steps and then scored on the fitness split (`fitness_images`
+    images a pass, the validation split's when None), once per noise draw and
+    inference time. At the end each finalist is scored on `selection_draws` more
+    validation draws. A pass of V images counts as V / (3 x images per step)
+    training steps, rounded up. Scoring the test split is left out, because the
+    baseline's report pays it too.
 
     >>> settings = make_settings(population=4, generations=1, finetune_steps=2,
     ...                          finalists=2, selection_draws=2)
     >>> ga_compute_budget(settings, validation_images=96, images_per_step=64).total
     22
     """
-    times = max(len(settings.inference_times_s), 1)
-    evaluations = settings.population * (settings.generations + 1) * times
-    evaluations += settings.finalists * settings.selection_draws
+    if fitness_images is None:
+        fitness_images = validation_images
+    passes = max(len(settings.inference_times_s), 1) * settings.fitness_draws
+    fitness_passes = settings.population * (settings.generations + 1) * passes
+    final_passes = settings.finalists * settings.selection_draws
     forward = 0
     if count_forward:
-        step_images = FORWARD_PASSES_PER_STEP * images_per_step
-        forward = math.ceil(evaluations * validation_images / step_images)
+        images = fitness_passes * fitness_images + final_passes * validation_images
+        forward = math.ceil(images / (FORWARD_PASSES_PER_STEP * images_per_step))
     finetune = (
         settings.population * (settings.generations + 1) * settings.finetune_steps
     )
     return ComputeBudget(
-        finetune, forward, evaluations, validation_images, images_per_step
+        finetune, forward, fitness_passes + final_passes, validation_images,
+        images_per_step,
     )
 
 
-def count_images(model, task) -> tuple[int, int]:
-    """Return the images one validation pass and one training step run through `model`."""
+def count_images(model, task, split: str = "validation") -> tuple[int, int]:
+    """Return the images one pass over `split` and one training step run through `model`."""
     seen = [0]
 
     def counting_forward(images: torch.Tensor) -> torch.Tensor:
@@ -188,10 +194,10 @@ def count_images(model, task) -> tuple[int, int]:
 
     model.eval()
     with torch.inference_mode():
-        task.accuracy(counting_forward, "validation")
-        validation = seen[0]
+        task.accuracy(counting_forward, split)
+        scored = seen[0]
         task.loss(counting_forward, task.sample_batch(np.random.default_rng(0)))
-    return validation, seen[0] - validation
+    return scored, seen[0] - scored
 
 
 def noise_aware_alone(
@@ -219,8 +225,11 @@ def noise_aware_alone(
     model, task, _ = prepare_model_and_task(settings)
     model.load_state_dict(load_weights(ga_run / "baseline.safetensors"))
     baseline_scores = score_like_run(model, task, profile, settings, summary)
+    validation_images, images_per_step = count_images(model, task)
+    fitness_images, _ = count_images(model, task, settings.fitness_split)
     budget = ga_compute_budget(
-        settings, *count_images(model, task), count_forward=count_forward
+        settings, validation_images, images_per_step,
+        fitness_images=fitness_images, count_forward=count_forward,
     )
 
     logger.info("training the control for %d steps from %s", budget.total, ga_run)

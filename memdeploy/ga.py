@@ -1,7 +1,8 @@
 """The genetic algorithm, on PyGAD, with crossbar-in-the-loop fitness.
 
-Noisy fitness, decided here: every generation draws one noise seed, and every member
-of the population, elites included, is programmed and scored under it (common random
+Noisy fitness, decided here: every generation draws one noise seed (from which the
+evaluator derives its draws when it averages several), and every member of the
+population, elites included, is programmed and scored under it (common random
 numbers). Members of one generation are therefore compared under identical noise,
 and an elite cannot keep a lucky score from an earlier draw: PyGAD's fitness cache,
 which would return an elite's old score, is bypassed by `CrossbarGA.cal_pop_fitness`.

@@ -14,20 +14,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from backends import open_backend, resolve_spec
 from memdeploy.errors import RunFolderError
 from memdeploy.evaluation import LocalEvaluator, float_accuracy
 from memdeploy.faults import count_stuck, reachable_bounds
-from memdeploy.ga import GAState, GeneticOptimizer, GenerationRecord, seed_everything
+from memdeploy.ga import GAState, GenerationRecord, GeneticOptimizer, seed_everything
 from memdeploy.genome import Genome
 from memdeploy.manifest import build_manifest, check_resume_settings
 from memdeploy.profiles import load_profile
 from memdeploy.runfolder import (
-    CANDIDATE_FIELDS, HISTORY_FIELDS, load_checkpoint, load_weights, read_csv,
-    read_json, remove_stale_temporaries, save_checkpoint, save_weights, write_csv,
+    CANDIDATE_FIELDS,
+    HISTORY_FIELDS,
+    load_checkpoint,
+    load_weights,
+    read_csv,
+    read_json,
+    remove_stale_temporaries,
+    save_checkpoint,
+    save_weights,
+    write_csv,
     write_json,
 )
 from memdeploy.settings import DEFAULT_STEPS, OptimizeSettings, make_settings
@@ -81,23 +88,27 @@ def optimize(
         base = settings.model_dump() if settings is not None else {}
         settings = make_settings(**(base | overrides))
         run_dir = Path(out) if out is not None else default_run_dir(settings)
-        _claim_run_dir(run_dir)
+        _refuse_existing_run(run_dir)
 
     seed_everything(settings.seed)
     profile = load_profile(settings.profile)
+    # Data and backend come first, so that a missing dataset or an unreachable
+    # array fails before training and leaves no run folder behind.
     model, task, data = prepare_model_and_task(settings)
-    manifest = build_manifest(settings, profile, data, status="running")
-    if resume is not None:
-        _check_profile_unchanged(run_dir, manifest)
-    write_json(run_dir / "manifest.json", manifest)
-
-    float_model = _float_model(model, task, settings, run_dir)
-    baseline_model = _baseline_model(float_model, task, profile, settings, run_dir)
-    genome = Genome(baseline_model)
-    baseline = genome.vector(baseline_model)
-
     backend = open_backend(settings.backend, profile, seed=settings.seed)
     with backend:
+        if resume is None:
+            _claim_run_dir(run_dir)
+        manifest = build_manifest(settings, profile, data, status="running")
+        if resume is not None:
+            _check_profile_unchanged(run_dir, manifest)
+        write_json(run_dir / "manifest.json", manifest)
+
+        float_model = _float_model(model, task, settings, run_dir)
+        baseline_model = _baseline_model(float_model, task, profile, settings, run_dir)
+        genome = Genome(baseline_model)
+        baseline = genome.vector(baseline_model)
+
         evaluator = LocalEvaluator(
             baseline_model, task, backend, profile, settings.fitness_settings(), settings.seed
         )
@@ -123,6 +134,7 @@ def optimize(
         )
         summary["stuck_cells"] = stuck
         summary["fault_aware"] = bounds is not None
+        summary["ga_time"] = _ga_time(history.history)
 
     genome.load(baseline_model, summary.pop("_best_genes"))
     save_weights(run_dir / "best.safetensors", baseline_model.state_dict())
@@ -134,12 +146,16 @@ def optimize(
     return RunResult(run_dir, summary)
 
 
-def _claim_run_dir(run_dir: Path) -> None:
+def _refuse_existing_run(run_dir: Path) -> None:
     if (run_dir / "manifest.json").exists():
         raise RunFolderError(
             f"{run_dir} already holds a run: resume it with --resume {run_dir} or "
             "choose another --out"
         )
+
+
+def _claim_run_dir(run_dir: Path) -> None:
+    _refuse_existing_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -235,17 +251,24 @@ class _GenerationLog:
         result = record.result
         totals = sum(result.stats[1:], result.stats[0]) if result.stats else None
         fitness = record.fitness
+        elapsed = self._offset + time.perf_counter() - self._started
+        previous = float(self.history[-1]["elapsed_s"]) if self.history else 0.0
+        passes = result.seconds.get("finetune", 0.0) + result.seconds.get("inference", 0.0)
         self.history.append({
             "generation": record.generation,
             "best_fitness": float(fitness.max()),
             "mean_fitness": float(fitness.mean()),
             "min_fitness": float(fitness.min()),
-            "elapsed_s": round(self._offset + time.perf_counter() - self._started, 3),
+            "elapsed_s": round(elapsed, 3),
             "cells_programmed": totals.cells_written if totals else 0,
             "pulses": totals.pulses if totals else 0,
             "bytes_on_link": (totals.bytes_sent + totals.bytes_received) if totals else 0,
             "link_time_s": totals.link_time_s if totals else 0.0,
             **{f"{phase}_s": round(value, 4) for phase, value in result.seconds.items()},
+            # Wall time outside forward and backward passes: GA operators,
+            # programming, bookkeeping.
+            "generation_s": round(elapsed - previous, 4),
+            "overhead_s": round(max(elapsed - previous - passes, 0.0), 4),
         })
         for index, (score, stats) in enumerate(zip(fitness, result.stats)):
             self.candidates.append(
@@ -266,6 +289,20 @@ class _GenerationLog:
         self.bar.close()
 
 
+def _ga_time(rows: list[dict]) -> dict:
+    """Sum the GA's wall time by phase over the history rows."""
+    phases = ("generation", "finetune", "inference", "program", "overhead")
+    totals = {
+        f"{phase}_s": round(sum(float(row.get(f"{phase}_s") or 0.0) for row in rows), 3)
+        for phase in phases
+    }
+    wall = totals["generation_s"]
+    totals["outside_passes_fraction"] = (
+        round(totals["overhead_s"] / wall, 4) if wall > 0 else None
+    )
+    return totals
+
+
 def _finalists(optimizer: GeneticOptimizer, ga, count: int) -> list[np.ndarray]:
     """Return the best distinct candidates among generation bests and the last population."""
     pool = list(zip(optimizer.hall_of_fame_fitness, optimizer.hall_of_fame))
@@ -281,11 +318,23 @@ def _finalists(optimizer: GeneticOptimizer, ga, count: int) -> list[np.ndarray]:
 
 
 def _choose_and_report(evaluator, task, float_model, baseline, finalists, settings) -> dict:
-    """Pick the finalist with the best mean validation accuracy; score the test split."""
+    """Pick the finalist with the best mean validation accuracy; score the test split.
+
+    The baseline competes too: when no finalist beats it on validation, the
+    baseline is deployed, and the summary's `chosen` records which won.
+    """
     validation_seeds = draw_seeds(settings.seed, 1, settings.selection_draws)
     test_seeds = draw_seeds(settings.seed, 2, settings.test_draws)
     scores = [np.mean(evaluator.accuracy(g, "validation", validation_seeds)) for g in finalists]
-    best = finalists[int(np.argmax(scores))]
+    baseline_score = np.mean(evaluator.accuracy(baseline, "validation", validation_seeds))
+    if finalists and max(scores) > baseline_score:
+        best, chosen = finalists[int(np.argmax(scores))], "ga"
+    else:
+        best, chosen = baseline, "baseline"
+        logger.warning(
+            "no GA candidate beat the baseline on validation (%.4f): the baseline "
+            "is kept as the best weights", baseline_score,
+        )
 
     def entry(genes):
         validation = evaluator.accuracy(genes, "validation", validation_seeds)
@@ -317,6 +366,7 @@ def _choose_and_report(evaluator, task, float_model, baseline, finalists, settin
         "validation_seeds": validation_seeds,
         "test_seeds": test_seeds,
         "finalists_validation_accuracy": [float(s) for s in scores],
+        "chosen": chosen,
         "_best_genes": best,
     }
 

@@ -31,7 +31,7 @@ from memdeploy.ga import GAState
 HISTORY_FIELDS = [
     "generation", "best_fitness", "mean_fitness", "min_fitness", "elapsed_s",
     "cells_programmed", "pulses", "bytes_on_link", "link_time_s",
-    "finetune_s", "program_s", "inference_s",
+    "finetune_s", "program_s", "inference_s", "generation_s", "overhead_s",
 ]
 CANDIDATE_FIELDS = [
     "generation", "candidate", "fitness", "cells_written", "stuck_cells", "pulses",

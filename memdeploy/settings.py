@@ -84,20 +84,30 @@ class OptimizeSettings(BaseModel):
     sigmoid_steepness: float = Field(default=50.0, ge=0)
     crossover_probability: float = Field(default=0.8, ge=0, le=1)
     mutation: Literal["add-noise", "max-min"] = "max-min"
-    mutation_probability: float = Field(default=0.01, ge=0, le=1)
+    mutation_probability: float = Field(default=0.001, ge=0, le=1)
     mutation_noise: float = Field(default=0.05, ge=0)
     init: Literal["origin", "large"] = "origin"
     elitism: int = Field(default=1, ge=0)
 
-    finetune_steps: int = Field(default=5, ge=0)
+    finetune_steps: int = Field(default=10, ge=0)
     """Noise-aware fine-tuning steps inside each fitness evaluation."""
 
-    finetune_lr: float = Field(default=1e-3, gt=0)
+    finetune_lr: float = Field(default=3e-4, gt=0)
+    """Adam learning rate of the fine-tuning; below the baseline's, so that each
+    candidate's short fresh-optimizer run refines it instead of shaking it."""
     write_back: bool = True
     inference_times_s: tuple[PositiveSeconds, ...] = ()
     """Times after programming, in s, at which each candidate is scored."""
 
     time_combine: Literal["mean", "min"] = "mean"
+
+    fitness_split: Literal["validation", "train"] = "train"
+    """Split whose accuracy is the GA's fitness; finalists are always chosen on the
+    validation split and the test split is scored only at the end."""
+
+    fitness_draws: int = Field(default=1, ge=1)
+    """Programming noise draws each fitness averages; all candidates of a generation
+    share them."""
 
     fault_aware: bool = True
     """Hold genes on stuck cells to the values their cell pairs can reach."""
@@ -173,7 +183,8 @@ class OptimizeSettings(BaseModel):
         return FitnessSettings(
             finetune_steps=self.finetune_steps, finetune_lr=self.finetune_lr,
             write_back=self.write_back, inference_times_s=self.inference_times_s,
-            time_combine=self.time_combine,
+            time_combine=self.time_combine, noise_draws=self.fitness_draws,
+            split=self.fitness_split,
         )
 
 

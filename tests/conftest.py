@@ -18,3 +18,13 @@ def tiny_mlp():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def summary_without_times(path) -> dict:
+    """Read a run's summary.json without its wall times, which differ between runs."""
+    import json
+    from pathlib import Path
+
+    summary = json.loads(Path(path).read_text())
+    assert set(summary.pop("ga_time")) >= {"generation_s", "overhead_s"}
+    return summary

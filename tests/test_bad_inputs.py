@@ -252,6 +252,10 @@ BAD_FLAGS = [
     (["--backend", "gaussian?a=1&&b"], 1, "invalid options"),
     (["--profile", "nosuch"], 1, "profile 'nosuch' not found"),
     (["--population", "abc"], 2, "invalid int value: 'abc'"),
+    (["--fitness-split", "test"], 2, "invalid choice: 'test'"),
+    (["--fitness-draws", "0"], 1, r"fitness_draws=0 .*greater than or equal to 1"),
+    (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], 1, "/nonexistent/mnist"),
+    (["--backend", "serial:///dev/memdeploy-no-such-port"], 1, "memdeploy-no-such-port"),
 ]  # fmt: skip
 
 

@@ -9,7 +9,12 @@ import torch
 from backends import open_backend
 from memdeploy.crossbar_model import CrossbarModel
 from memdeploy.datasets import load_dataset
-from memdeploy.evaluation import EvaluationRequest, FitnessSettings, LocalEvaluator
+from memdeploy.evaluation import (
+    EvaluationRequest,
+    FitnessSettings,
+    LocalEvaluator,
+    draw_noise_seeds,
+)
 from memdeploy.models import build_model, task_kind
 from memdeploy.profiles import profile_from_dict
 from memdeploy.tasks import make_task
@@ -175,3 +180,39 @@ def test_empty_request_gives_empty_result(digits):
     result = _evaluator(model, task).evaluate(_request(empty))
     assert result.fitness.shape == (0,)
     assert result.stats == []
+
+
+def test_fitness_averages_shared_noise_draws(digits):
+    model, task = _workload(digits, "mlp")
+    population = _population(model, 3)
+    result = _evaluator(model, task, noise_draws=3).evaluate(_request(population))
+    seeds = draw_noise_seeds(NOISE_SEED, 3)
+    assert seeds[0] == NOISE_SEED
+    assert len(set(seeds)) == 3
+    crossbar = CrossbarModel(model, open_backend("gaussian", PROFILE, seed=0))
+    expected = []
+    for genes in population:
+        draws = []
+        for seed in seeds:
+            crossbar.program(genes, noise_seed=seed)
+            draws.append(task.accuracy(crossbar, "validation"))
+        expected.append(np.mean(draws))
+    np.testing.assert_allclose(result.fitness, expected, rtol=0, atol=1e-12)
+    single = _evaluator(model, task).evaluate(_request(population))
+    assert not np.array_equal(result.fitness, single.fitness)
+    assert [s.cells_written for s in result.stats] == [
+        3 * s.cells_written for s in single.stats
+    ]
+
+
+def test_fitness_split_selects_the_scored_images(digits):
+    model, task = _workload(digits, "mlp")
+    population = _population(model, 2)
+    result = _evaluator(model, task, split="train").evaluate(_request(population))
+    crossbar = CrossbarModel(model, open_backend("gaussian", PROFILE, seed=0))
+    expected = []
+    for genes in population:
+        crossbar.program(genes, noise_seed=NOISE_SEED)
+        expected.append(task.accuracy(crossbar, "train"))
+    assert result.fitness.tolist() == expected
+    assert expected != _plain_fitness(model, task, population)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from backends import backend_class, list_backends, open_backend, parse_backend_spec, register_backend
+from backends import (
+    backend_class,
+    list_backends,
+    open_backend,
+    parse_backend_spec,
+    register_backend,
+)
 from backends.gaussian import GaussianNoiseBackend
 from backends.registry import ENV_VAR, resolve_spec
 from memdeploy.errors import BackendSpecError

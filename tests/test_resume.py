@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 import signal
@@ -13,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import summary_without_times
 
 SETTINGS = [
     "--limit", "120", "--generations", "6", "--population", "4",
@@ -55,8 +56,8 @@ def test_sigkill_at_random_generation_then_resume_matches(tmp_path):
     _, error = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, error.decode()
 
-    expected = json.loads((reference / "summary.json").read_text())
-    assert json.loads((killed / "summary.json").read_text()) == expected
+    expected = summary_without_times(reference / "summary.json")
+    assert summary_without_times(killed / "summary.json") == expected
     assert _finished_generations(killed) == 7
     assert not [p.name for p in killed.iterdir() if p.name.startswith(".")]
 
@@ -66,8 +67,8 @@ def test_resume_before_first_generation_starts_ga_afresh(tmp_path):
 
     run_dir = tmp_path / "early"
     assert main(["optimize", *SETTINGS, "--generations", "1", "--out", str(run_dir)]) == 0
-    expected = json.loads((run_dir / "summary.json").read_text())
+    expected = summary_without_times(run_dir / "summary.json")
     for name in ("checkpoint.npz", "history.csv", "candidates.csv", "summary.json"):
         os.remove(run_dir / name)
     assert main(["optimize", "--resume", str(run_dir), "--quiet"]) == 0
-    assert json.loads((run_dir / "summary.json").read_text()) == expected
+    assert summary_without_times(run_dir / "summary.json") == expected

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import signal
 import sys
+from pathlib import Path
+
+import numpy as np
 
 from backends.emulator.faults import FaultSettings
+from backends.emulator.physics import ArrayPhysics, state_digest
 from backends.emulator.server import DEFAULT_TILES, build_server
+from memdeploy.errors import BackendError
+from memdeploy.runfolder import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,17 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _state_path(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file path, {text} is a folder")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"folder {path.parent} of {text} not found: create it first"
+        )
+    return path
+
+
 def add_emulate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of `memdeploy emulate` to a parser (or a subcommand's)."""
     parser.add_argument("--profile", required=True, help="device profile name or path")
@@ -93,6 +111,12 @@ def add_emulate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         help="loopback TCP port of --transport socket (default 0: any free port), so "
         "that a restarted emulator keeps its URL",
     )  # fmt: skip
+    parser.add_argument(
+        "--state-out", type=_state_path, default=None, metavar="PATH",
+        help="on stopping, write the cell state of the tiles in use (conductances, "
+        "stuck map, pulse counts) to PATH as .npz and print `state: PATH "
+        "sha256=HEX`, a hash of tiles, conductances, stuck map and pulse counts",
+    )  # fmt: skip
     return parser
 
 
@@ -104,12 +128,19 @@ def run_emulator(
     transport: str = "pty",
     port: int = 0,
     faults: FaultSettings | None = None,
+    state_out: Path | None = None,
     stdout=None,
 ) -> int:
     """Serve an emulated array until SIGINT or SIGTERM; print `port: URL` first.
 
+    With `state_out`, write the cell state there once serving stops, and print
+    `state: PATH sha256=HEX` last.
+
     Returns:
         The exit status, 0.
+
+    Raises:
+        BackendError: The state file could not be written.
     """
     stdout = stdout or sys.stdout
     server = build_server(
@@ -127,10 +158,38 @@ def run_emulator(
     try:
         print(f"port: {server.url}", file=stdout, flush=True)
         server.serve()
+        # The handlers stay installed while the state is written, so a second
+        # SIGINT does not cut the write short.
+        if state_out is not None:
+            digest = write_state(server.device.physics, state_out)
+            print(f"state: {state_out} sha256={digest}", file=stdout, flush=True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def write_state(physics: ArrayPhysics, path: Path) -> str:
+    """Write the physics' `state_arrays` to `path` as .npz atomically.
+
+    Returns:
+        The `state_digest` of the arrays written.
+
+    Raises:
+        BackendError: The file could not be written.
+    """
+    arrays = physics.state_arrays()
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as err:
+        raise BackendError(
+            f"failed to write the emulator state to {path}: {err}. Check that its "
+            "folder exists and is writable"
+        ) from err
+    logger.info("wrote the state of %d tiles to %s", len(arrays["tiles"]), path)
+    return state_digest(arrays)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -143,7 +202,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
     return run_emulator(
         args.profile, seed=args.seed, tiles=args.tiles, transport=args.transport,
-        port=args.port, faults=faults,
+        port=args.port, faults=faults, state_out=args.state_out,
     )  # fmt: skip
 
 

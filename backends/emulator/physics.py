@@ -8,10 +8,18 @@ difference of a cell pair, the weight, then has noise of `read_noise` of its ran
 the profile defines it. A cell read `t` seconds after its last pulse has drifted by
 `(t / t0_s) ** -nu`. Stuck cells are drawn per tile from the
 seed, and a cell sticks once its pulses reach `endurance.cycles`.
+
+The noise of a pulse or a read (READ and PROGRAM's verify reads) is a hash of the seed,
+the cell's tile and address, its pulse count and its reads since the last pulse, not a
+draw from one shared stream. So a cell's own history decides its noise, whatever other
+cells the host programs in the same request. On a noisy link the host cuts programming
+into smaller requests, and the cells still end in the same state as on a clean link.
+MVM draws its noise from a seeded stream, which the cells' state does not depend on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -25,6 +33,10 @@ from memdeploy.profiles import DeviceProfile
 logger = logging.getLogger(__name__)
 
 FREE, STUCK_AT_MIN, STUCK_AT_MAX = 0, 1, 2
+READ_NOISE, PULSE_NOISE = 1, 2
+"""Kinds of keyed noise, part of each draw's key."""
+DIGEST_ARRAYS = ("tiles", "conductance_us", "stuck", "wear")
+"""Arrays of `ArrayPhysics.state_arrays` that `state_digest` hashes, in this order."""
 DEFAULT_V_READ_V = 0.2
 """Largest read voltage in V, low enough not to disturb RRAM or PCM cells."""
 
@@ -41,6 +53,9 @@ class TileState:
 
     programmed_at_s: np.ndarray
     """Clock time of each cell's last pulse, in s."""
+
+    reads_since_pulse: np.ndarray
+    """Noisy reads of each cell since its last pulse (or since the tile was made)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,9 @@ class ArrayPhysics:
         self.clock = clock
         self.pulses_total = 0
         self._noise = np.random.default_rng([seed, 1 << 20])
+        self._noise_key = np.random.SeedSequence([seed, 1 << 22]).generate_state(
+            1, np.uint64
+        )[0]
         self._tiles: dict[int, TileState] = {}
 
     def tile(self, index: int) -> TileState:
@@ -117,11 +135,25 @@ class ArrayPhysics:
             nu=nu,
             wear=np.zeros(shape, dtype=np.int64),
             programmed_at_s=np.full(shape, self.clock()),
+            reads_since_pulse=np.zeros(shape, dtype=np.int64),
         )
 
     def read(self, tile: int, rows, cols) -> np.ndarray:
-        """Read cells (index arrays or slices) with drift and read noise, in µS."""
+        """Read cells (index arrays or slices) with drift and read noise, in µS.
+
+        Each read counts towards the cells' `reads_since_pulse`, so the next read
+        draws new noise.
+        """
         state = self.tile(tile)
+        row_index, col_index = np.indices(state.stuck.shape)
+        noise = self._keyed_normal(
+            READ_NOISE, tile, row_index[rows, cols], col_index[rows, cols],
+            state.wear[rows, cols], state.reads_since_pulse[rows, cols],
+        )  # fmt: skip
+        np.add.at(state.reads_since_pulse, (rows, cols), 1)
+        return self._drifted(state, rows, cols) + self._read_sigma() * noise
+
+    def _drifted(self, state: TileState, rows, cols) -> np.ndarray:
         conductance = state.conductance_us[rows, cols]
         elapsed = self.clock() - state.programmed_at_s[rows, cols]
         t0 = self.profile.drift.t0_s
@@ -130,10 +162,16 @@ class ArrayPhysics:
             np.power(np.maximum(elapsed, t0) / t0, -state.nu[rows, cols]),
             1.0,
         )
+        return conductance * factor
+
+    def _read_sigma(self) -> float:
         window = self.g_max_us - self.g_min_us
-        sigma = self.profile.weights.read_noise * window / math.sqrt(2.0)
-        noise = sigma * self._noise.standard_normal(np.shape(conductance))
-        return conductance * factor + noise
+        return self.profile.weights.read_noise * window / math.sqrt(2.0)
+
+    def _keyed_normal(self, kind, tile, rows, cols, pulses, reads) -> np.ndarray:
+        """Return standard normal draws keyed by cell and event, one per cell given."""
+        fields = (kind, tile, rows, cols, pulses, reads)
+        return keyed_standard_normal(self._noise_key, *fields)
 
     def program(self, tile: int, rows, cols, targets_us, tolerance_us, max_pulses):
         """Write-verify cells with distinct addresses; return a ProgramOutcome.
@@ -141,6 +179,10 @@ class ArrayPhysics:
         Each round reads the cells not yet verified and pulses those out of
         tolerance that are neither stuck nor out of pulses. The block ends after a
         round without pulses.
+
+        NOTE: an unverified cell that gets no pulse (stuck, or out of pulses) is read
+        in every round, so its `reads_since_pulse`, and the noise of its later reads,
+        depend on how many rounds the other cells of its block took.
         """
         rows, cols = np.asarray(rows), np.asarray(cols)
         targets = np.asarray(targets_us, dtype=np.float64)
@@ -164,18 +206,23 @@ class ArrayPhysics:
             pulse = ~verified & ~stuck & (pulses < max_pulses)
             if count == 0 or not pulse.any():
                 break
-            worn |= self._pulse(state, rows[pulse], cols[pulse], targets[pulse], pulse)
+            worn |= self._pulse(
+                tile, state, rows[pulse], cols[pulse], targets[pulse], pulse
+            )
             pulses += pulse
 
         stuck = state.stuck[rows, cols] != FREE
         return ProgramOutcome(achieved, pulses, verified, stuck, worn, rounds)
 
-    def _pulse(self, state, rows, cols, targets, mask) -> np.ndarray:
+    def _pulse(self, tile, state, rows, cols, targets, mask) -> np.ndarray:
         sigma = self.profile.write_verify.pulse_noise_us
-        noise = sigma * self._noise.standard_normal(len(targets))
+        noise = sigma * self._keyed_normal(
+            PULSE_NOISE, tile, rows, cols, state.wear[rows, cols], 0
+        )
         state.conductance_us[rows, cols] = np.maximum(targets + noise, 0.0)
         state.programmed_at_s[rows, cols] = self.clock()
         state.wear[rows, cols] += 1
+        state.reads_since_pulse[rows, cols] = 0
         self.pulses_total += len(targets)
 
         worn_out = state.wear[rows, cols] >= self.profile.endurance.cycles
@@ -191,6 +238,34 @@ class ArrayPhysics:
         state.stuck[rows, cols] = np.where(nearer_max, STUCK_AT_MAX, STUCK_AT_MIN)
         logger.info("%d cells wore out and are stuck from now on", len(rows))
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Return a copy of the cell state of the tiles in use, stacked by tile.
+
+        `tiles` lists the tiles that commands have touched, in increasing order. The
+        arrays leave out every other tile, which still has the state its seed gives
+        it. They also leave out `programmed_at_s`, which is clock time and so differs
+        between runs.
+        """
+        tiles = sorted(self._tiles)
+        states = [self._tiles[index] for index in tiles]
+        shape = (len(tiles), self.rows, self.cols)
+
+        def stacked(field: str, dtype) -> np.ndarray:
+            if not states:
+                return np.zeros(shape, dtype=dtype)
+            return np.stack([getattr(state, field) for state in states]).astype(dtype)
+
+        return {
+            "tiles": np.asarray(tiles, dtype=np.int64),
+            "conductance_us": stacked("conductance_us", np.float64),
+            "stuck": stacked("stuck", np.uint8),
+            "wear": stacked("wear", np.int64),
+            "reads_since_pulse": stacked("reads_since_pulse", np.int64),
+            "nu": stacked("nu", np.float64),
+            "pulses_total": np.array(self.pulses_total, dtype=np.int64),
+            "seed": np.array(str(self.seed)),
+        }
+
     def stuck_map(self, tile: int, row0: int, col0: int, rows: int, cols: int):
         """Return the stuck codes of a rectangle: 0 free, 1 at g_min, 2 at g_max."""
         return self.tile(tile).stuck[row0 : row0 + rows, col0 : col0 + cols].copy()
@@ -199,7 +274,12 @@ class ArrayPhysics:
         """Return bit-line currents in µA for read voltages (batch, rows) in V."""
         rows = voltages_v.shape[1]
         grid = np.ix_(np.arange(row0, row0 + rows), np.arange(col0, col0 + cols))
-        conductance = self.read(tile, *grid)
+        # The read noise of an MVM comes from the stream, and the MVM does not count
+        # as a read of the cells, so MVMs leave the noise of later reads unchanged.
+        conductance = self._drifted(self.tile(tile), *grid)
+        conductance = conductance + self._read_sigma() * self._noise.standard_normal(
+            conductance.shape
+        )
         periphery = self.profile.periphery
 
         voltages = _quantize(
@@ -220,3 +300,56 @@ def _quantize(values: np.ndarray, bits: int, bound: float) -> np.ndarray:
         return values
     steps = max(2 ** (bits - 1) - 1, 1)
     return np.round(np.clip(values / bound, -1, 1) * steps) * (bound / steps)
+
+
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+"""Increment of the SplitMix64 generator: 2**64 divided by the golden ratio."""
+
+
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """Scramble uint64 values with the finalizer of the SplitMix64 generator.
+
+    The products wrap around modulo 2**64, as the finalizer requires.
+    """
+    values = values ^ (values >> np.uint64(30))
+    values = values * np.uint64(0xBF58476D1CE4E5B9)
+    values = values ^ (values >> np.uint64(27))
+    values = values * np.uint64(0x94D049BB133111EB)
+    return values ^ (values >> np.uint64(31))
+
+
+def keyed_standard_normal(key: np.uint64, *fields) -> np.ndarray:
+    """Return standard normal values, each a pure function of `key` and its fields.
+
+    The fields are non-negative integers or integer arrays, broadcast together. Each
+    is hashed into the key in turn, the hash gives two uniform values, and the
+    Box-Muller transform turns them into one normal value. So equal keys and fields
+    always give equal values, in any order and in any batch.
+    """
+    arrays = np.broadcast_arrays(*(np.asarray(field) for field in fields))
+    hashed = np.full(arrays[0].shape, key, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for position, field in enumerate(arrays, start=1):
+            salt = np.uint64(_GOLDEN_GAMMA * position % 2**64)
+            hashed = _mix64(hashed ^ _mix64(field.astype(np.uint64) + salt))
+        # The top 53 bits of a hash give a float64 in [0, 1) exactly.
+        first = (_mix64(hashed ^ np.uint64(1)) >> np.uint64(11)) * 2.0**-53
+        second = (_mix64(hashed ^ np.uint64(2)) >> np.uint64(11)) * 2.0**-53
+    radius = np.sqrt(-2.0 * np.log1p(-first))  # finite, because first < 1
+    return radius * np.cos(2.0 * np.pi * second)
+
+
+def state_digest(arrays: dict[str, np.ndarray]) -> str:
+    """Return the SHA-256 hex digest of the `DIGEST_ARRAYS` of a state.
+
+    Each array is hashed with its name, dtype and shape, and its values little-endian
+    in C order. So equal digests mean equal tiles, conductances, stuck maps and wear.
+    """
+    digest = hashlib.sha256()
+    for name in DIGEST_ARRAYS:
+        array = np.asarray(arrays[name])
+        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        header = f"{name} {array.dtype.str} {array.shape}\n"
+        digest.update(header.encode("ascii"))
+        digest.update(array.tobytes())
+    return digest.hexdigest()

@@ -21,16 +21,16 @@ from collections.abc import Callable
 
 import pytest
 
+from backends import CrossbarBackend, list_backends, open_backend
+from memdeploy.errors import BackendSpecError
+from memdeploy.profiles import DeviceProfile, profile_from_dict
+
 # Imported so that pytest finds the serial backend's factory and emulator fixtures.
 from tests.backends.conftest_serial import (  # noqa: F401
     emulator_factory,
     lab_profile,
     serial_backend_factory,
 )
-
-from backends import CrossbarBackend, list_backends, open_backend
-from memdeploy.errors import BackendSpecError
-from memdeploy.profiles import DeviceProfile, profile_from_dict
 
 BackendFactory = Callable[[DeviceProfile, int], CrossbarBackend]
 

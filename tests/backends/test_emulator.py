@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 import math
+import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from backends import CrossbarLayer
+from backends.emulator.cli import add_emulate_arguments, write_state
 from backends.emulator.device import EmulatedDevice
 from backends.emulator.faults import FaultInjector, FaultSettings
-from backends.emulator.physics import STUCK_AT_MAX, STUCK_AT_MIN, ArrayPhysics
+from backends.emulator.physics import (
+    DIGEST_ARRAYS,
+    STUCK_AT_MAX,
+    STUCK_AT_MIN,
+    ArrayPhysics,
+    state_digest,
+)
 from backends.serial_commands import (
     FLAG_STUCK,
     FLAG_VERIFIED,
@@ -37,7 +49,7 @@ from backends.serial_transfers import (
 )
 from memdeploy.profiles import load_profile, profile_from_dict
 
-from .conftest_serial import FakeClock
+from .conftest_serial import FakeClock, open_serial_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -451,3 +463,173 @@ def test_emulate_command_prints_port_and_stops_on_sigterm(transport):
         "port: /dev/"
     )
     assert returncode == 0
+
+
+STATE_ARRAYS = {
+    "tiles", "conductance_us", "stuck", "wear", "reads_since_pulse", "nu",
+    "pulses_total", "seed",
+}  # fmt: skip
+
+
+def _exchange(connection: socket.socket, frame: Frame) -> Frame:
+    """Send one request over a socket and return the first frame that comes back."""
+    connection.sendall(encode_frame(frame))
+    decoder = FrameDecoder()
+    while True:
+        data = connection.recv(65536)
+        assert data, "the emulator closed the connection"
+        items = decoder.feed(data)
+        if items:
+            return items[0]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_emulate_state_out_written_on_stop(tmp_path, stop_signal):
+    state_path = tmp_path / "state.npz"
+    command = [
+        sys.executable, "-m", "backends.emulator", "--profile", "lab-array-32x32",
+        "--transport", "socket", "--tiles", "2", "--seed", "4",
+        "--state-out", str(state_path),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        port_line = process.stdout.readline().strip()
+        host, port = port_line.removeprefix("port: socket://").split(":")
+        request = ProgramRequest(
+            make_cells([0, 1, 2], [0, 0, 0], [60.0, 30.0, 80.0]), 2.0, 30
+        )
+        with socket.create_connection((host, int(port)), timeout=20) as connection:
+            select = Frame(Command.SELECT_TILE, 0, 1, encode_tile(1))
+            selected = _exchange(connection, select)
+            programmed = _exchange(
+                connection, Frame(Command.PROGRAM, 0, 2, request.encode())
+            )
+        process.send_signal(stop_signal)
+        rest, _ = process.communicate(timeout=20)
+    finally:
+        process.kill()
+        process.stdout.close()
+    reply = ProgramReply.decode(programmed.payload)
+    match = re.fullmatch(
+        rf"state: {re.escape(str(state_path))} sha256=([0-9a-f]{{64}})", rest.strip()
+    )
+
+    assert process.returncode == 0
+    assert selected.status == Status.OK
+    assert programmed.status == Status.OK
+    assert match, rest
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["state.npz"]
+
+    with np.load(state_path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    expected_stuck = ArrayPhysics(lab_profile(), tiles=2, seed=4).stuck_map(
+        1, 0, 0, 32, 32
+    )
+
+    assert set(arrays) == STATE_ARRAYS
+    assert arrays["tiles"].tolist() == [1]
+    assert arrays["conductance_us"].shape == (1, 32, 32)
+    assert np.array_equal(arrays["stuck"][0], expected_stuck)
+    assert arrays["wear"].sum() == reply.pulses
+    assert int(arrays["pulses_total"]) == reply.pulses
+    assert str(arrays["seed"]) == "4"
+    assert match.group(1) == state_digest(arrays)
+
+
+def test_state_out_in_missing_folder_is_rejected(tmp_path, capsys):
+    parser = add_emulate_arguments(argparse.ArgumentParser())
+    missing = tmp_path / "absent" / "state.npz"
+
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--profile", "lab-array-32x32", "--state-out", str(missing)])
+
+    assert "not found" in capsys.readouterr().err
+
+
+def test_write_state_digest_tracks_conductances(tmp_path):
+    physics = ArrayPhysics(lab_profile(), tiles=2, seed=0, clock=FakeClock())
+    physics.program(0, np.array([3]), np.array([4]), [50.0], 2.0, 30)
+    path = tmp_path / "state.npz"
+
+    digest = write_state(physics, path)
+    with np.load(path, allow_pickle=False) as data:
+        loaded = {name: data[name] for name in DIGEST_ARRAYS}
+    loaded["conductance_us"][0, 3, 4] += 1e-9
+
+    assert digest == state_digest(physics.state_arrays())
+    assert state_digest(loaded) != digest
+
+
+def test_split_program_leaves_same_state():
+    rng = np.random.default_rng(1)
+    targets = rng.uniform(8.0, 90.0, size=300)
+    rows, cols = np.divmod(np.arange(300), 32)
+    whole, split = Host(make_device(seed=6)), Host(make_device(seed=6))
+    for host in (whole, split):
+        host.request(Command.SELECT_TILE, encode_tile(0))
+
+    whole.program(rows, cols, targets)
+    for start in range(0, 300, 7):
+        block = slice(start, start + 7)
+        split.program(rows[block], cols[block], targets[block])
+    whole_state = whole.device.physics.state_arrays()
+    split_state = split.device.physics.state_arrays()
+
+    # A stuck cell is read again in every round of its block, so only the free
+    # cells' read counts are independent of the split.
+    free = whole_state["stuck"] == 0
+
+    assert whole_state["wear"].sum() > 300
+    assert not free.all()
+    for name in ("conductance_us", "stuck", "wear"):
+        assert np.array_equal(split_state[name], whole_state[name]), name
+    assert np.array_equal(
+        split_state["reads_since_pulse"][free], whole_state["reads_since_pulse"][free]
+    )
+
+
+def test_resent_read_draws_no_noise(host):
+    other = Host(make_device())
+    other.request(Command.SELECT_TILE, encode_tile(0))
+    wire = encode_frame(Frame(Command.READ, 0, 40, Rect(0, 0, 4, 4).encode()))
+
+    (first,) = host.send_wire(wire)
+    (resent,) = host.send_wire(wire)
+    (unrepeated,) = other.send_wire(wire)
+    after_resend = host.request(Command.READ, Rect(0, 0, 4, 4).encode(), seq=41)
+    after_single = other.request(Command.READ, Rect(0, 0, 4, 4).encode(), seq=41)
+
+    assert resent == first
+    assert unrepeated == first
+    assert host.device.replays == 1
+    assert after_resend.payload == after_single.payload
+    assert after_resend.payload != first.payload
+
+
+def test_corrupting_link_leaves_identical_state(emulator_factory):
+    profile = load_profile("lab-array-32x32")
+    layers = [CrossbarLayer("fc", "linear", (8, 16))]
+    generator = torch.Generator().manual_seed(5)
+    weight_sets = [{"fc": torch.randn(8, 16, generator=generator)} for _ in range(2)]
+    emulators = {}
+    for name, faults in [("clean", None), ("noisy", FaultSettings(corrupt_rate=0.01))]:
+        emulator = emulator_factory(profile, seed=3, faults=faults)
+        backend = open_serial_backend(
+            emulator, profile, timeout="0.2", retries="12", mode="readback"
+        )
+        backend.setup(layers)
+        for weights in weight_sets:
+            backend.program(weights)
+        backend.read_weights()
+        backend.close()
+        emulator.stop()
+        emulators[name] = emulator
+    clean = emulators["clean"].device.physics.state_arrays()
+    noisy = emulators["noisy"].device.physics.state_arrays()
+
+    assert emulators["noisy"].server.faults.bytes_corrupted > 0
+    assert emulators["noisy"].device.replays > 0
+    assert clean["wear"].sum() > 0
+    for name in ("tiles", "conductance_us", "stuck", "wear", "pulses_total"):
+        assert np.array_equal(noisy[name], clean[name]), name
+    assert state_digest(noisy) == state_digest(clean)

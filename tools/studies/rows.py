@@ -86,8 +86,9 @@ def run_row(study: str, point: str, settings: OptimizeSettings, run_dir: Path) -
 def chosen_generation(run_dir: Path) -> int | None:
     """Return the generation whose best candidate the run chose, else None.
 
-    The run chooses among the generation bests and the last population, so None
-    means a member of the last population other than its best.
+    The run chooses among the generation bests, the last population and the
+    baseline, so None means the baseline or a member of the last population other
+    than its best (the summary's `chosen` tells which).
     """
     manifest = read_json(run_dir / "manifest.json")
     settings, dataset = manifest["settings"], manifest["dataset"]
