@@ -69,7 +69,7 @@ def _add_optimize(subparsers) -> None:
         help="roulette (sigmoid-scaled) or rank selection (default roulette)")
     add("--sigmoid-steepness", dest="sigmoid_steepness", type=float,
         help="steepness of the roulette's sigmoid scaling (default 50)")
-    add("--mutation", choices=["add-noise", "max-min"], help="mutation (default max-min)")
+    add("--mutation", choices=["add-noise", "max-min"], help="mutation (default add-noise)")
     add("--mutation-noise", dest="mutation_noise", type=float,
         help="add-noise mutation std as a fraction of the layer's max|w| (default 0.05)")
     add("--init", choices=["origin", "large"], help="population init (default origin)")

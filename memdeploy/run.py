@@ -232,6 +232,8 @@ class _GenerationLog:
         self, run_dir: Path, settings: OptimizeSettings, progress: bool, state: GAState | None
     ):
         self.run_dir = run_dir
+        self.fitness_split = settings.fitness_split
+        self._warned_saturation = False
         self.history, self.candidates = [], []
         if state is not None:
             def kept(rows):
@@ -251,6 +253,14 @@ class _GenerationLog:
         result = record.result
         totals = sum(result.stats[1:], result.stats[0]) if result.stats else None
         fitness = record.fitness
+        if fitness.size and fitness.min() >= 1.0 and not self._warned_saturation:
+            self._warned_saturation = True
+            logger.warning(
+                "every candidate of generation %d scored 100%% on the %s split, so the "
+                "fitness cannot rank them: score another split (--fitness-split "
+                "validation) or average more draws (--fitness-draws)",
+                record.generation, self.fitness_split,
+            )
         elapsed = self._offset + time.perf_counter() - self._started
         previous = float(self.history[-1]["elapsed_s"]) if self.history else 0.0
         passes = result.seconds.get("finetune", 0.0) + result.seconds.get("inference", 0.0)

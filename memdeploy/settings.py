@@ -83,7 +83,7 @@ class OptimizeSettings(BaseModel):
     selection: Literal["roulette", "rank"] = "roulette"
     sigmoid_steepness: float = Field(default=50.0, ge=0)
     crossover_probability: float = Field(default=0.8, ge=0, le=1)
-    mutation: Literal["add-noise", "max-min"] = "max-min"
+    mutation: Literal["add-noise", "max-min"] = "add-noise"
     mutation_probability: float = Field(default=0.001, ge=0, le=1)
     mutation_noise: float = Field(default=0.05, ge=0)
     init: Literal["origin", "large"] = "origin"
