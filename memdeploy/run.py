@@ -1,8 +1,10 @@
 """The optimize job: float model, quantized baseline, GA, final choice, run folder.
 
-Accuracy reporting is honest by construction. The GA and the choice of the best
-candidate see the validation split only. The test split is scored once at the end,
-for the float model, the baseline and the best candidate, on the same noise draws.
+Accuracy reporting is honest by construction. The GA's fitness scores the training
+or the validation split (`fitness_split`), and the final choice among the finalists
+and the baseline scores the validation split. The test split is scored once at the
+end, for the float model, the baseline and the chosen weights, on the same noise
+draws.
 """
 
 from __future__ import annotations
