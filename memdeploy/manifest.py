@@ -7,6 +7,8 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import torch
+
 import memdeploy
 from memdeploy.errors import BackendSpecError, RunFolderError
 from memdeploy.profiles import DeviceProfile
@@ -46,7 +48,13 @@ def build_manifest(settings: OptimizeSettings, profile: DeviceProfile, data, sta
         },
         "dataset": data.describe(),
         "versions": package_versions(),
-        "machine": {"platform": platform.platform(), "processor": platform.machine()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            # The order of floating-point sums, and so the results of a seed,
+            # depend on torch's thread count.
+            "torch_threads": torch.get_num_threads(),
+        },
     }
 
 
