@@ -124,7 +124,7 @@ class LocalEvaluator:
         stacked = isinstance(backend, StackedProgramming)
         self.crossbar = CrossbarModel(model, backend, fuse_digital=stacked)
         self.genome = self.crossbar.genome
-        self.scorer = PopulationScorer(self.crossbar, self._validation_score)
+        self.scorer = PopulationScorer(self.crossbar, self._fitness_score)
         self._trainee = copy.deepcopy(model).eval()
         self.eval_batch = eval_batch_size(self._trainee, task.data.image_shape)
         times = settings.inference_times_s
@@ -187,8 +187,9 @@ class LocalEvaluator:
         )
         return self.genome.vector(self._trainee)
 
-    def _validation_score(self) -> float:
-        """Validation accuracy of the programmed candidate, over the inference times."""
+    def _fitness_score(self) -> float:
+        """Return the programmed candidate's accuracy on the fitness split, combined
+        over the inference times."""
         scores = []
         for t_s in self._times or (None,):
             if t_s is not None:

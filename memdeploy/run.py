@@ -337,19 +337,21 @@ def _choose_and_report(evaluator, task, float_model, baseline, finalists, settin
     """
     validation_seeds = draw_seeds(settings.seed, 1, settings.selection_draws)
     test_seeds = draw_seeds(settings.seed, 2, settings.test_draws)
-    scores = [np.mean(evaluator.accuracy(g, "validation", validation_seeds)) for g in finalists]
-    baseline_score = np.mean(evaluator.accuracy(baseline, "validation", validation_seeds))
+    validations = [evaluator.accuracy(g, "validation", validation_seeds) for g in finalists]
+    scores = [np.mean(validation) for validation in validations]
+    baseline_validation = evaluator.accuracy(baseline, "validation", validation_seeds)
+    baseline_score = np.mean(baseline_validation)
     if finalists and max(scores) > baseline_score:
-        best, chosen = finalists[int(np.argmax(scores))], "ga"
+        index = int(np.argmax(scores))
+        best, best_validation, chosen = finalists[index], validations[index], "ga"
     else:
-        best, chosen = baseline, "baseline"
+        best, best_validation, chosen = baseline, baseline_validation, "baseline"
         logger.warning(
             "no GA candidate beat the baseline on validation (%.4f): the baseline "
             "is kept as the best weights", baseline_score,
         )
 
-    def entry(genes):
-        validation = evaluator.accuracy(genes, "validation", validation_seeds)
+    def entry(genes, validation: list[float]) -> dict:
         test = evaluator.accuracy(genes, "test", test_seeds)
         return {
             "validation_accuracy": float(np.mean(validation)),
@@ -369,8 +371,8 @@ def _choose_and_report(evaluator, task, float_model, baseline, finalists, settin
     }
     return {
         "float": float_entry,
-        "baseline": entry(baseline),
-        "best": entry(best),
+        "baseline": entry(baseline, baseline_validation),
+        "best": entry(best, best_validation),
         "seed": settings.seed,
         "split_seed": settings.seed,
         "backend": str(resolve_spec(settings.backend)),
