@@ -27,6 +27,7 @@ from backends.base import (
     CrossbarBackend,
     ProgrammingStats,
     checked_layer_weight,
+    positive_float,
 )
 from memdeploy.errors import (
     BackendError,
@@ -111,7 +112,7 @@ class AihwkitBackend(CrossbarBackend):
         self.reject_unknown_options({"tiles", "t_inference_s"})
         self.tiles = self.option("tiles", _tile_kind, "torch")
         self.t_inference_s = self.option(
-            "t_inference_s", float, profile.drift.t_inference_s
+            "t_inference_s", positive_float, profile.drift.t_inference_s
         )
         _check_inference_time(self.t_inference_s)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -299,3 +300,11 @@ class CrossbarBackend(ABC):
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def positive_float(text: str) -> float:
+    """Parse an option that is a finite number above 0."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"expected a finite number above 0, got {text!r}")
+    return value

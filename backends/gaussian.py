@@ -28,6 +28,7 @@ from backends.base import (
     CrossbarBackend,
     ProgrammingStats,
     checked_layer_weight,
+    positive_float,
 )
 from backends.periphery import convert_inputs, convert_outputs
 from memdeploy.errors import WeightsError
@@ -48,7 +49,7 @@ class GaussianNoiseBackend(CrossbarBackend):
         super().__init__(profile, seed=seed, options=options)
         self.reject_unknown_options({"t_inference_s"})
         self.t_inference_s = self.option(
-            "t_inference_s", float, profile.drift.t_inference_s
+            "t_inference_s", positive_float, profile.drift.t_inference_s
         )
         self._effective: dict[str, torch.Tensor] = {}
         self._scales: dict[str, torch.Tensor] = {}
@@ -219,9 +220,10 @@ class GaussianNoiseBackend(CrossbarBackend):
             self._effective[name] = (cells[0] - cells[1]) * self._scales[name]
 
     def set_inference_time(self, t_inference_s: float) -> None:
-        if t_inference_s <= 0:
-            raise ValueError(f"t_inference_s must be positive, got {t_inference_s}")
-        self.t_inference_s = float(t_inference_s)
+        try:
+            self.t_inference_s = positive_float(t_inference_s)
+        except ValueError as err:
+            raise ValueError(f"t_inference_s: {err}") from err
         if self._programmed_cells:
             self._apply_drift()
 
@@ -260,3 +262,4 @@ class GaussianNoiseBackend(CrossbarBackend):
                 layer.groups,
             )
         return convert_outputs(outputs, periphery, self._read_generator)
+

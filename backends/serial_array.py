@@ -21,7 +21,12 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from backends.base import BackendCapabilities, CrossbarBackend, ProgrammingStats
+from backends.base import (
+    BackendCapabilities,
+    CrossbarBackend,
+    ProgrammingStats,
+    positive_float,
+)
 from backends.serial_client import ArrayClient, compare_with_profile
 from backends.serial_inference import infer_from_weights, mvm_on_chip
 from backends.serial_link import SerialLink
@@ -38,7 +43,6 @@ from backends.serial_port import (
     parse_flag,
     parse_mode,
     parse_parity,
-    positive_float,
     positive_int,
     u16_count,
 )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from backends.serial_errors import SerialLinkError
 from memdeploy.errors import BackendUnavailableError
 
@@ -56,14 +54,6 @@ def u16_count(text: str) -> int:
     value = positive_int(text)
     if value > 0xFFFF:
         raise ValueError(f"expected an integer from 1 to 65535, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """Parse an option that is a finite number above 0."""
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"expected a finite number above 0, got {text!r}")
     return value
 
 

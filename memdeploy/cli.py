@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from memdeploy.allocator import keep_freed_memory
 from memdeploy.errors import MemdeployError
 
 logger = logging.getLogger("memdeploy")
@@ -266,9 +267,20 @@ def _run_emulate(args) -> int:
     return run_from_args(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and a pointer to --help.
+
+    argparse prints the whole usage block above the error, which for `optimize` is
+    twenty lines that hide the message. Subcommand parsers take this class too.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\nsee: {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the `memdeploy` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="memdeploy",
         description="Deploy neural networks onto memristor crossbars with the "
         "hardware in the loop.",
@@ -297,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
+    keep_freed_memory()
     try:
         return args.handler(args)
     except MemdeployError as err:

@@ -16,7 +16,6 @@ programs stacks of weight sets gets the whole request in one programming pass (s
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from torch import nn
 
 from backends import CrossbarBackend, ProgrammingStats
 from memdeploy.batched import PopulationScorer, StackedProgramming, eval_batch_size
-from memdeploy.crossbar_model import CrossbarModel
+from memdeploy.crossbar_model import CrossbarModel, fold_for_finetuning
 from memdeploy.profiles import DeviceProfile
 from memdeploy.training import train
 
@@ -125,7 +124,7 @@ class LocalEvaluator:
         self.crossbar = CrossbarModel(model, backend, fuse_digital=stacked)
         self.genome = self.crossbar.genome
         self.scorer = PopulationScorer(self.crossbar, self._fitness_score)
-        self._trainee = copy.deepcopy(model).eval()
+        self._trainee = fold_for_finetuning(model)
         self.eval_batch = eval_batch_size(self._trainee, task.data.image_shape)
         times = settings.inference_times_s
         if times and not backend.capabilities.drift:

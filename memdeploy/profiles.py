@@ -24,10 +24,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+import device_profiles
 from memdeploy.errors import ProfileError
 
 SCHEMA_VERSION = 1
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
+PROFILE_DIR = Path(device_profiles.__file__).resolve().parent
 MAX_PROFILE_BYTES = 1 << 20
 """Largest profile file read, in bytes; shipped profiles are about 2 kB."""
 
@@ -252,8 +253,8 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
     if not names:
         raise ProfileError(
             f"profile {text!r} not found, and {PROFILE_DIR} contains no shipped profiles: "
-            "give a path to a .toml file, or install memdeploy from a checkout with "
-            "pip install -e . so that device_profiles/ is found"
+            "give a path to a .toml file, or reinstall memdeploy (pip install .) so "
+            "that its device_profiles are installed"
         )
     raise ProfileError(
         f"profile {text!r} not found: give a path to a .toml file or one of: {names}"

@@ -355,6 +355,12 @@ def test_bad_serial_option_is_rejected_before_port_opens(query, message):
         open_backend(f"serial://loop://?{query}", "lab-array-32x32")
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_bad_gaussian_inference_time_is_rejected_at_open(value):
+    with pytest.raises(BackendSpecError, match=f"t_inference_s='{value}' is invalid"):
+        open_backend(f"gaussian?t_inference_s={value}", "paper-protonet-mnist")
+
+
 def test_unknown_gaussian_option_is_rejected():
     with pytest.raises(BackendSpecError, match=r"does not take option\(s\) foo"):
         open_backend("gaussian?foo=1", "paper-protonet-mnist")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from backends import open_backend
-from memdeploy.crossbar_model import CrossbarModel
+from memdeploy.crossbar_model import CrossbarModel, fold_for_finetuning
 from memdeploy.datasets import load_dataset
 from memdeploy.evaluation import (
     EvaluationRequest,
@@ -18,6 +20,7 @@ from memdeploy.evaluation import (
 from memdeploy.models import build_model, task_kind
 from memdeploy.profiles import profile_from_dict
 from memdeploy.tasks import make_task
+from memdeploy.training import train
 
 PROFILE = profile_from_dict(
     {
@@ -216,3 +219,53 @@ def test_fitness_split_selects_the_scored_images(digits):
         expected.append(task.accuracy(crossbar, "train"))
     assert result.fitness.tolist() == expected
     assert expected != _plain_fitness(model, task, population)
+
+
+def test_folded_finetuning_model_matches_the_original_in_eval_mode(digits):
+    model = _with_running_statistics(_workload(digits, "protonet")[0])
+    folded = fold_for_finetuning(model)
+    assert [n for n, _ in folded.named_parameters()] == [
+        n for n, _ in model.named_parameters()
+    ]
+    assert list(folded.state_dict()) == list(model.state_dict())
+    images = digits.validation.images[:16]
+    expected, got = model(images), folded(images)
+    assert torch.allclose(expected, got, rtol=1e-4, atol=1e-5)
+    expected.square().sum().backward()
+    got.square().sum().backward()
+    for (name, original), (_, twin) in zip(
+        model.named_parameters(), folded.named_parameters()
+    ):
+        scale = original.grad.abs().max()
+        assert torch.allclose(original.grad, twin.grad, atol=1e-4 * scale), name
+
+
+def test_finetuning_through_the_folded_model_matches_the_plain_model(digits):
+    model, task = _workload(digits, "protonet")
+    model = _with_running_statistics(model)
+    genes = _population(model, 1)[0]
+    evaluator = _evaluator(model, task, finetune_steps=1)
+    folded_genes = evaluator.finetune(genes, (0, 0))
+    plain = copy.deepcopy(model)
+    evaluator.genome.load(plain, genes.copy())
+    lr = evaluator.settings.finetune_lr
+    train(plain, task, steps=1, lr=lr,
+          seed=int(np.random.SeedSequence([0, 0, 0]).generate_state(1)[0]),
+          profile=PROFILE, batch_norm_updates=False)
+    plain_genes = evaluator.genome.vector(plain)
+    assert not np.array_equal(plain_genes, genes)
+    # Adam's first step moves each gene by about lr times the sign of its gradient,
+    # so a gradient that rounding takes across zero moves its gene by up to 2 lr.
+    difference = np.abs(folded_genes - plain_genes)
+    assert difference.max() <= 2.01 * lr
+    assert (difference > 1e-6).mean() < 0.01
+
+
+def test_training_leaves_convolution_weights_contiguous(digits):
+    model, task = _workload(digits, "protonet")
+    train(model, task, steps=1, lr=1e-3, seed=0, profile=PROFILE)
+    assert all(p.is_contiguous() for p in model.parameters())
+    folded = fold_for_finetuning(model)
+    train(folded, task, steps=1, lr=1e-3, seed=0, profile=PROFILE,
+          batch_norm_updates=False)
+    assert all(p.is_contiguous() for p in folded.parameters())

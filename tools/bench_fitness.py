@@ -12,7 +12,11 @@ seed, without fine-tuning:
     images go through the model in one forward call, as `pygad.torchga.predict` runs
     its data, and `task.score` turns the outputs into accuracy.
 (b) memdeploy: `LocalEvaluator.evaluate` on one `EvaluationRequest` that carries the
-    whole population.
+    whole population, in a process that set glibc's allocator to keep freed memory
+    (`memdeploy.allocator.keep_freed_memory`), as the memdeploy command does.
+
+A third row, plain+malloc, runs (a) with that allocator setting too, to show how
+much of the difference the allocator alone makes.
 
 Every variant runs in its own subprocess, so that its peak resident memory
 (`ru_maxrss`) is its own. Variants alternate over rounds, so that a change of load
@@ -42,6 +46,7 @@ import torch
 from pygad import torchga
 
 from backends import open_backend
+from memdeploy.allocator import keep_freed_memory
 from memdeploy.crossbar_model import CrossbarModel
 from memdeploy.datasets import load_dataset
 from memdeploy.evaluation import EvaluationRequest, LocalEvaluator
@@ -156,8 +161,13 @@ def flops_per_image(model, image_shape) -> int:
 
 def run_child(workload: str, variant: str, population_size: int, repeats: int) -> dict:
     """Time `repeats` scorings of the population; return the measurements."""
+    if variant != "plain" and not keep_freed_memory():
+        raise RuntimeError(
+            "could not set the allocator: this needs Linux with glibc and neither "
+            "MALLOC_MMAP_THRESHOLD_ nor MALLOC_TRIM_THRESHOLD_ set"
+        )
     model, task, evaluator, population = build_workload(workload, population_size)
-    make = plain_variant if variant == "plain" else memdeploy_variant
+    make = memdeploy_variant if variant == "memdeploy" else plain_variant
     score_population = make(model, task, evaluator, population)
     rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     score_population()  # warm-up: allocator, oneDNN kernels, cached inputs
@@ -227,7 +237,7 @@ def variant_row(variant: str, runs: list[dict], population: int, rates) -> dict:
     gflop = runs[0]["flops_per_eval"] / 1e9
     loads = ", ".join(f"{run['load_average']:.2f}" for run in runs)
     print(
-        f"  {variant:9s} {1 / wall:8.2f} {cpu * 1e3:9.1f} {gflop / wall:7.1f} "
+        f"  {variant:12s} {1 / wall:8.2f} {cpu * 1e3:9.1f} {gflop / wall:7.1f} "
         f"{gflop / wall / rates[0]:6.1%} {gflop / cpu:7.1f} {gflop / cpu / rates[1]:6.1%}"
         f" {max(run['peak_rss_mib'] for run in runs):8.1f}"
         f" {max(run['rss_before_scoring_mib'] for run in runs):8.1f}   {loads}"
@@ -245,19 +255,22 @@ def summarize(workload: str, results: dict[str, list[dict]], population: int, ra
         f"({first['images_per_eval']} images)"
     )
     print(
-        "  variant    evals/s  CPU ms/ev  GFLOP/s matmul  GF/CPUs matmul"
+        "  variant       evals/s  CPU ms/ev  GFLOP/s matmul  GF/CPUs matmul"
         "  peak MiB  pre MiB   load"
     )
     rows = {v: variant_row(v, runs, population, rates) for v, runs in results.items()}
     for variant, row in rows.items():
-        print(f"  accuracy {variant:9s} {[round(a, 6) for a in row['accuracies']]}")
-    identical = rows["plain"]["accuracies"] == rows["memdeploy"]["accuracies"]
+        print(f"  accuracy {variant:12s} {[round(a, 6) for a in row['accuracies']]}")
+    identical = all(
+        row["accuracies"] == rows["memdeploy"]["accuracies"] for row in rows.values()
+    )
     print(f"  same weights and noise seed give identical accuracy: {identical}")
     speedup = rows["plain"]["wall"] / rows["memdeploy"]["wall"]
     cpu_speedup = rows["plain"]["cpu"] / rows["memdeploy"]["cpu"]
     print(
         f"  speedup of memdeploy over plain: {speedup:.2f} in wall time, "
-        f"{cpu_speedup:.2f} in CPU time"
+        f"{cpu_speedup:.2f} in CPU time; over plain+malloc: "
+        f"{rows['plain+malloc']['wall'] / rows['memdeploy']['wall']:.2f} in wall time"
     )
     return speedup, identical
 
@@ -282,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     speedups, all_identical = {}, True
     for workload in args.workloads.split(","):
-        results = {"plain": [], "memdeploy": []}
+        results = {"plain": [], "plain+malloc": [], "memdeploy": []}
         for _ in range(args.rounds):
             for variant, runs in results.items():
                 runs.append(spawn_child(workload, variant, args))

@@ -31,6 +31,7 @@ from pathlib import Path
 from studies.plots import plot_curve, plot_heatmap, plot_strategy_bars
 from studies.rows import PARAMETERS, POINT_FIELDS, RUN_FIELDS, aggregate, run_row
 
+from memdeploy.allocator import keep_freed_memory
 from memdeploy.errors import MemdeployError
 from memdeploy.experiments import run_setting
 from memdeploy.runfolder import write_csv
@@ -240,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
     points = run_study(args)

@@ -23,6 +23,7 @@ SEED_FIELDS = [
     *(f"{method}_validation" for method in METHODS),
     "matched_steps",
     "test_draws",
+    "ga_seconds",
     "ga_run",
 ]
 """Columns of seeds.csv; a `_test_std` column is the spread over test noise draws."""
@@ -65,7 +66,12 @@ def seed_row(name: str, seed: int, summary: dict, control: dict, run_dir: Path) 
         row[f"{method}_test"] = score["test_accuracy"]
         row[f"{method}_test_std"] = score.get("test_accuracy_std")
         row[f"{method}_validation"] = score["validation_accuracy"]
-    return row | {"test_draws": summary["best"]["test_draws"], "ga_run": str(run_dir)}
+    ga_seconds = summary.get("ga_time", {}).get("generation_s")
+    return row | {
+        "test_draws": summary["best"]["test_draws"],
+        "ga_seconds": ga_seconds,
+        "ga_run": str(run_dir),
+    }
 
 
 def table_row(task, seed_rows: list[dict]) -> dict:
