@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def _add_optimize(subparsers) -> None:
         description="Train the float model and the quantized baseline, then run the "
         "genetic algorithm with the crossbar in the fitness loop. With no options it "
         "runs the embedded default: an MLP on scikit-learn's 8x8 digits, Gaussian "
-        "backend, 2-bit weights with 5%% noise.",
+        "backend, 2-bit weights with 5% noise.",
         argument_default=argparse.SUPPRESS,
     )
     add = parser.add_argument
@@ -318,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`). Send what is left to /dev/null,
+        # so that flushing at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as err:
         # Disk full, permission denied, a file removed while the run used it.
         return _report(args, f"{err}; check the path, its permissions and free space")

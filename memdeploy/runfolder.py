@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from memdeploy.errors import RunFolderError, WeightsError
 from memdeploy.ga import GAState
@@ -185,14 +185,9 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
         torch.save(tensors, buffer)
         atomic_write_bytes(path, buffer.getvalue())
         return
-    descriptor, temporary = temporary_file(path)
-    os.close(descriptor)
-    try:
-        save_file(tensors, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    # Serialized in memory, because safetensors' own writer makes the file
+    # readable by its owner only.
+    atomic_write_bytes(path, save(tensors))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

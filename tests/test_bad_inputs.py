@@ -56,6 +56,7 @@ from memdeploy.runfolder import (
     load_weights,
     read_csv,
     remove_stale_temporaries,
+    save_weights,
 )
 from memdeploy.weightmap import load_map
 from memdeploy.weightmap.format import WeightMapError, read_map
@@ -356,7 +357,7 @@ def test_bad_serial_option_is_rejected_before_port_opens(query, message):
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
-def test_bad_gaussian_inference_time_is_rejected_at_open(value):
+def test_bad_inference_time_rejected_at_open(value):
     with pytest.raises(BackendSpecError, match=f"t_inference_s='{value}' is invalid"):
         open_backend(f"gaussian?t_inference_s={value}", "paper-protonet-mnist")
 
@@ -579,6 +580,17 @@ def test_written_file_is_readable_by_group_and_others(tmp_path):
         os.umask(old)
 
     assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("name", ["best.safetensors", "best.pt"])
+def test_weight_file_is_readable_by_group_and_others(tmp_path, name):
+    old = os.umask(0o022)
+    try:
+        save_weights(tmp_path / name, {"fc.weight": torch.zeros(2, 3)})
+    finally:
+        os.umask(old)
+
+    assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
 
 
 # Weight files ----------------------------------------------------------------------

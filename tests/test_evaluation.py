@@ -221,7 +221,7 @@ def test_fitness_split_selects_the_scored_images(digits):
     assert expected != _plain_fitness(model, task, population)
 
 
-def test_folded_finetuning_model_matches_the_original_in_eval_mode(digits):
+def test_folded_model_matches_original(digits):
     model = _with_running_statistics(_workload(digits, "protonet")[0])
     folded = fold_for_finetuning(model)
     assert [n for n, _ in folded.named_parameters()] == [
@@ -240,7 +240,7 @@ def test_folded_finetuning_model_matches_the_original_in_eval_mode(digits):
         assert torch.allclose(original.grad, twin.grad, atol=1e-4 * scale), name
 
 
-def test_finetuning_through_the_folded_model_matches_the_plain_model(digits):
+def test_folded_finetuning_matches_plain(digits):
     model, task = _workload(digits, "protonet")
     model = _with_running_statistics(model)
     genes = _population(model, 1)[0]
@@ -261,7 +261,7 @@ def test_finetuning_through_the_folded_model_matches_the_plain_model(digits):
     assert (difference > 1e-6).mean() < 0.01
 
 
-def test_training_leaves_convolution_weights_contiguous(digits):
+def test_training_keeps_weights_contiguous(digits):
     model, task = _workload(digits, "protonet")
     train(model, task, steps=1, lr=1e-3, seed=0, profile=PROFILE)
     assert all(p.is_contiguous() for p in model.parameters())

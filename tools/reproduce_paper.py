@@ -58,8 +58,7 @@ class PaperTask:
 
 PROTONET_FINETUNE_STEPS = 5
 """Half memdeploy's default, so that the GA of ProtoNet-MNIST takes under 5 minutes
-on two CPU cores. On seed 0 it scored as 10 steps did (test 97.43 +- 0.10% against
-97.47 +- 0.08%); docs/benchmarks.md has both runs."""
+on two CPU cores. docs/benchmarks.md compares its accuracy with that of 10 steps."""
 
 PAPER_TASKS = {
     "protonet-mnist": PaperTask(

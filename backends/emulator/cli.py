@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -24,7 +25,10 @@ MAX_TILES = 0xFFFF
 
 
 def _tile_count(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if not 1 <= value <= MAX_TILES:
         raise argparse.ArgumentTypeError(
             f"expected a tile count from 1 to {MAX_TILES}, got {text}"
@@ -33,7 +37,10 @@ def _tile_count(text: str) -> int:
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not 0.0 <= value <= 1.0:  # also false for NaN
         raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text}")
     return value

@@ -25,18 +25,21 @@ import datetime
 import io
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from memdeploy.errors import MemdeployError
-from memdeploy.runfolder import atomic_write_text, read_json, write_json
+from memdeploy.runfolder import (
+    atomic_write_bytes,
+    atomic_write_text,
+    read_json,
+    write_json,
+)
 from memdeploy.weightmap.hashing import file_sha256
 from memdeploy.weightmap.schema import manifest_problems
 from memdeploy.weightmap.tiles import CELL_FIELDS
@@ -123,14 +126,9 @@ def _save_arrays(path: Path, weight_map: WeightMap) -> None:
     for name, tensor in weight_map.digital.items():
         tensors[f"digital.{name}"] = tensor.detach().cpu().contiguous().clone()
     metadata = {"format": FORMAT_NAME, "schema_version": str(SCHEMA_VERSION)}
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(descriptor)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    # Serialized in memory and written by atomic_write_bytes, which gives the file
+    # the mode a plain create does (safetensors' own writer makes it owner-only).
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def _write_tile_csvs(folder: Path, weight_map: WeightMap) -> None:

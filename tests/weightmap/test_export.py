@@ -192,3 +192,9 @@ def test_profile_file_is_recorded_by_absolute_path(tmp_path, small_run, monkeypa
 
 def test_shipped_profile_is_recorded_by_name(exported_map):
     assert read_map(exported_map).manifest["profile"]["source"] == LAB_PROFILE
+
+
+def test_map_weights_get_the_manifest_mode(exported_map):
+    weights = (exported_map / "map.safetensors").stat().st_mode & 0o777
+    manifest = (exported_map / "manifest.json").stat().st_mode & 0o777
+    assert weights == manifest
