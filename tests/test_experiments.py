@@ -7,6 +7,7 @@ or two generations, 20 to 30 training steps.
 from __future__ import annotations
 
 import csv
+import json
 import importlib.util
 import sys
 from pathlib import Path
@@ -249,7 +250,11 @@ def test_chosen_generation_within_run(ga_run):
     settings, run_dir = ga_run
     study_rows, _ = _study_helpers()
     generation = study_rows.chosen_generation(run_dir)
-    assert generation is None or 0 <= generation <= settings.generations
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    if summary["chosen"] == "baseline":
+        assert generation == "baseline"
+    else:
+        assert generation == "last" or 0 <= generation <= settings.generations
 
 
 def _synthetic_points(grid: list[dict]) -> list[dict]:

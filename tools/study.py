@@ -109,8 +109,9 @@ def caption(args, points: list[dict]) -> str:
     return (
         f"Mean ± sample std over seeds {point['seeds']}. Test: the GA's chosen "
         f"candidate, mean of {point['test_draws']} noise draws per seed. Validation "
-        f"(the fitness split): the same candidate, {point['validation_draws']} draws "
-        f"per seed. Backend {args.backend}. Fixed settings: "
+        f"(the split of the final choice): the same candidate, "
+        f"{point['validation_draws']} draws per seed. The fitness scored the "
+        f"{point['fitness_split']} split. Backend {args.backend}. Fixed settings: "
         + ", ".join(
             f"{k} {v}" for k, v in base_settings(args).items() if k in PARAMETERS
         )

@@ -19,7 +19,7 @@ from memdeploy.runfolder import atomic_write_bytes
 
 PANELS = {
     "ga_test": "GA, test accuracy (%)",
-    "ga_validation": "GA, validation accuracy (%) (fitness split)",
+    "ga_validation": "GA, validation accuracy (%)",
     "ga_test_gain": "GA minus baseline, test (points, paired by seed)",
 }
 CURVE_STYLES = {
@@ -28,7 +28,7 @@ CURVE_STYLES = {
         "color": "tab:orange",
         "marker": "s",
         "linestyle": "--",
-        "label": "GA, validation (fitness split)",
+        "label": "GA, validation",
     },
 }
 

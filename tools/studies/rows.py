@@ -44,6 +44,7 @@ RUN_FIELDS = [
     "chosen_generation",
     "test_draws",
     "validation_draws",
+    "fitness_split",
     "run_dir",
 ]
 POINT_FIELDS = [
@@ -53,6 +54,7 @@ POINT_FIELDS = [
     "seeds",
     "test_draws",
     "validation_draws",
+    "fitness_split",
     "chosen_generations",
     *(f"{metric}_{stat}" for metric in METRICS for stat in ("mean", "std")),
 ]
@@ -79,17 +81,20 @@ def run_row(study: str, point: str, settings: OptimizeSettings, run_dir: Path) -
         "chosen_generation": chosen_generation(run_dir),
         "test_draws": summary["best"]["test_draws"],
         "validation_draws": summary["best"]["validation_draws"],
+        "fitness_split": settings.fitness_split,
         "run_dir": str(run_dir),
     }
 
 
-def chosen_generation(run_dir: Path) -> int | None:
-    """Return the generation whose best candidate the run chose, else None.
+def chosen_generation(run_dir: Path) -> int | str:
+    """Return the generation whose best candidate the run chose.
 
     The run chooses among the generation bests, the last population and the
-    baseline, so None means the baseline or a member of the last population other
-    than its best (the summary's `chosen` tells which).
+    baseline: "baseline" when it kept the baseline, "last" for a member of the last
+    population other than its best.
     """
+    if read_json(run_dir / "summary.json").get("chosen") == "baseline":
+        return "baseline"
     manifest = read_json(run_dir / "manifest.json")
     settings, dataset = manifest["settings"], manifest["dataset"]
     model = build_model(
@@ -101,7 +106,7 @@ def chosen_generation(run_dir: Path) -> int | None:
     for generation, genes in enumerate(state.hall_of_fame):
         if np.array_equal(genes, best):
             return generation
-    return None
+    return "last"
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -115,6 +120,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
             "seeds": " ".join(str(row["seed"]) for row in runs),
             "test_draws": runs[0]["test_draws"],
             "validation_draws": runs[0]["validation_draws"],
+            "fitness_split": runs[0]["fitness_split"],
             "chosen_generations": " ".join(str(r["chosen_generation"]) for r in runs),
         }
         for metric in METRICS:
