@@ -59,7 +59,7 @@ def _conv_layout(weight: torch.Tensor) -> torch.Tensor:
     """Return a convolution weight in channels-last layout, other tensors as they are.
 
     A convolution picks its layout from its input and weight. In channels-last, the
-    max pooling after it ran 7 times faster on the two-core CPU of docs/benchmarks.md
+    max pooling after it ran 9 times faster on the two-core CPU of docs/benchmarks.md
     ("Fine-tuning speed"), which also gives the whole step's measurements. A noisy
     weight (a sum of two tensors) would otherwise fall back to the contiguous layout.
     """

@@ -231,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             task_rows = [run_seed(name, task, seed, args) for seed in args.seeds]
         except DatasetError as err:
-            logger.warning("%s skipped: %s", task.title, err)
+            logger.warning(
+                "%s skipped: %s (this tool takes the folder as --%s-dir)",
+                task.title, err, task.dataset,
+            )
             rows.append(missing_data_row(task, err))
         else:
             seed_rows += task_rows
