@@ -230,7 +230,7 @@ def fold_for_finetuning(model: nn.Module) -> nn.Module:
                 norm = FoldedNorm(following)
                 sequential._modules[names[position + 1]] = norm
                 # A class swap keeps the module's parameters, hooks and settings.
-                # Nothing else holds this copy, so changing its class is safe.
+                # No other code refers to this copy, so changing its class is safe.
                 layer.__class__ = _NormFoldedConv2d
                 layer.norm_fold = _NormLink(norm)
         for position, name in enumerate(names[:-1]):
