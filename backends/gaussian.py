@@ -262,4 +262,3 @@ class GaussianNoiseBackend(CrossbarBackend):
                 layer.groups,
             )
         return convert_outputs(outputs, periphery, self._read_generator)
-

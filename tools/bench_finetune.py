@@ -31,17 +31,21 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
-from bench_fitness import cpu_model, flops_per_image, matmul_rates
+from bench_fitness import (
+    cpu_model,
+    flops_per_image,
+    matmul_rates,
+    require_freed_memory_kept,
+    run_json_child,
+)
 from torch.func import functional_call
 
 from backends import open_backend
-from memdeploy.allocator import keep_freed_memory
 from memdeploy.datasets import load_dataset
 from memdeploy.evaluation import FitnessSettings, LocalEvaluator
 from memdeploy.genome import Genome
@@ -94,11 +98,8 @@ def plain_steps(model, task, profile, steps: int, seed: int) -> None:
 
 def run_child(variant: str, calls: int) -> dict:
     """Time `calls` calls of 10 steps of one variant; return the measurements."""
-    if variant in ("channels-last+malloc", "memdeploy") and not keep_freed_memory():
-        raise RuntimeError(
-            "could not set the allocator: this needs Linux with glibc and neither "
-            "MALLOC_MMAP_THRESHOLD_ nor MALLOC_TRIM_THRESHOLD_ set"
-        )
+    if variant in ("channels-last+malloc", "memdeploy"):
+        require_freed_memory_kept()
     data = load_dataset("mnist", seed=0)
     model = build_model("protonet", data.image_shape, data.num_classes, seed=0).eval()
     task = make_task("episodic", data, seed=0)
@@ -148,10 +149,7 @@ def spawn_child(variant: str, args) -> dict:
     """Run one variant in a fresh Python process and return its measurements."""
     command = [sys.executable, __file__, "--child", variant, "--calls", str(args.calls)]
     command += ["--threads", str(args.threads)]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{variant} failed:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_json_child(command, variant)
 
 
 def main(argv: list[str] | None = None) -> int:

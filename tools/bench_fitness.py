@@ -161,11 +161,8 @@ def flops_per_image(model, image_shape) -> int:
 
 def run_child(workload: str, variant: str, population_size: int, repeats: int) -> dict:
     """Time `repeats` scorings of the population; return the measurements."""
-    if variant != "plain" and not keep_freed_memory():
-        raise RuntimeError(
-            "could not set the allocator: this needs Linux with glibc and neither "
-            "MALLOC_MMAP_THRESHOLD_ nor MALLOC_TRIM_THRESHOLD_ set"
-        )
+    if variant != "plain":
+        require_freed_memory_kept()
     model, task, evaluator, population = build_workload(workload, population_size)
     make = memdeploy_variant if variant == "memdeploy" else plain_variant
     score_population = make(model, task, evaluator, population)
@@ -191,16 +188,30 @@ def run_child(workload: str, variant: str, population_size: int, repeats: int) -
     }
 
 
+def require_freed_memory_kept() -> None:
+    """Set the allocator as the memdeploy command does, or raise saying why not."""
+    if not keep_freed_memory():
+        raise RuntimeError(
+            "could not set the allocator: this needs Linux with glibc and neither "
+            "MALLOC_MMAP_THRESHOLD_ nor MALLOC_TRIM_THRESHOLD_ set"
+        )
+
+
+def run_json_child(command: list[str], name: str) -> dict:
+    """Run a benchmark child process and return the JSON object on its last line."""
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 def spawn_child(workload: str, variant: str, args) -> dict:
     """Run one variant in a fresh Python process and return its measurements."""
     options = {"--population": args.population, "--repeats": args.repeats}
     options["--threads"] = args.threads
     command = [sys.executable, __file__, "--child", workload, variant]
     command += [str(value) for option in options.items() for value in option]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{workload} {variant} failed:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_json_child(command, f"{workload} {variant}")
 
 
 def matmul_rates(repeats: int = 7) -> tuple[float, float]:
